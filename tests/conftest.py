@@ -1,0 +1,92 @@
+"""Shared fixtures: a real PostgreSQL per test, settings built for the test (never os.environ).
+
+PostgreSQL: ``NEWSDESK_TEST_DATABASE_URL`` if set, else the local server on 127.0.0.1:5432
+when it answers, else an embedded server started once for the session. Each test gets a
+fresh database of its own, dropped afterwards, so tests (and parallel runs) never share state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ingestion import db
+from ingestion.settings import Settings
+
+LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+async def _answers(dsn: str) -> bool:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=3)
+    except (TimeoutError, OSError, asyncpg.PostgresError):
+        return False
+    await conn.close()
+    return True
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """DSN of a PostgreSQL server (its maintenance database) the tests may create DBs on."""
+    configured = os.environ.get("NEWSDESK_TEST_DATABASE_URL")
+    if configured:
+        return configured
+    if asyncio.run(_answers(LOCAL_PG)):
+        return LOCAL_PG
+    return db.start_embedded_postgres(tmp_path_factory.mktemp("embedded-pg"))
+
+
+@pytest.fixture
+async def database_url(pg_server_dsn: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test."""
+    name = f"nd_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield db.with_database(pg_server_dsn, name)
+    admin = await asyncpg.connect(pg_server_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def settings(database_url: str, state_dir: Path) -> Settings:
+    """Settings for a test: its own database and state dir; loopback feeds allowed."""
+    return Settings(
+        database_url=database_url,
+        state_dir=state_dir,
+        allow_loopback=True,
+        redis_url=None,
+        fetch_timeout_s=5,
+        backoff_base_s=1,
+    )
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await db.create_pool(settings)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+def shared_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A state dir shared by a session's tests (converted models are costly to redo)."""
+    yield tmp_path_factory.mktemp("shared-state")
