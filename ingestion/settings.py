@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         default=None, description="Ray cluster to join. Unset: start a local one."
     )
 
+    # --- model / engine (serving/engine) ----------------------------------------------------
+
+    # --- serving app (serving/app) ----------------------------------------------------------
+
+    # --- training (train/) ------------------------------------------------------------------
+
     def resolved_state_dir(self) -> Path:
         path = self.state_dir.expanduser()
         path.mkdir(parents=True, exist_ok=True)
