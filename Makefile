@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.newsdesk-installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup browser run test lint bench clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,17 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/newsdesk up
 
-test: setup
+# Headless Chromium and its driver from Debian's packages, for the digest page's browser test
+# (tests/test_digest_browser.py). Nothing to do when they are there; without root or apt the
+# test is skipped with its reason.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "no root/apt-get: install chromium and chromium-driver for the browser test"; fi
+
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

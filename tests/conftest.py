@@ -18,6 +18,7 @@ import pytest
 
 from ingestion import db
 from ingestion.settings import Settings
+from tests.feedserver import FeedServer
 
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -90,3 +91,51 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 def shared_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A state dir shared by a session's tests (converted models are costly to redo)."""
     yield tmp_path_factory.mktemp("shared-state")
+
+
+@pytest.fixture
+def feed_server() -> Iterator[FeedServer]:
+    """A local HTTP server serving what the test programs (``tests/feedserver.py``)."""
+    server = FeedServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the session (``ray.init`` picks free ports: never Redis's 6379)."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    # address="local": always a new instance, never a cluster someone started on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def engine_settings(shared_state_dir: Path) -> Settings:
+    """Settings for the model engine. ``NEWSDESK_TEST_MODEL_STATE_DIR`` may name a state dir
+    that already holds the converted default model (saves the ~50 s conversion locally)."""
+    state = os.environ.get("NEWSDESK_TEST_MODEL_STATE_DIR")
+    return Settings(state_dir=Path(state) if state else shared_state_dir, redis_url=None)
+
+
+@pytest.fixture(scope="session")
+def prepared_model_dir(engine_settings: Settings) -> Path:
+    """The default profile's converted transformers folder (converted once per session)."""
+    from serving.model_source import prepare_model
+    from serving.profiles import load_profile
+
+    return prepare_model(load_profile("cpu-small"), engine_settings)
+
+
+@pytest.fixture(scope="session")
+def engine(prepared_model_dir: Path, engine_settings: Settings):  # type: ignore[no-untyped-def]
+    """One loaded SummarizeEngine (cpu-small) for the session. Tests that change its adapter
+    must set it back to None before they return."""
+    from serving.engine import SummarizeEngine
+
+    return SummarizeEngine.load("cpu-small", engine_settings)

@@ -6,6 +6,10 @@ import typer
 
 from cluster.cli import db as db_cmd
 from cluster.cli import ingest as ingest_cmd
+from cluster.cli import model as model_cmd
+from cluster.cli import models as models_cmd
+from cluster.cli import stack as stack_cmd
+from cluster.cli import status as status_cmd
 
 app = typer.Typer(
     name="newsdesk",
@@ -15,6 +19,10 @@ app = typer.Typer(
 )
 db_cmd.register(app)
 ingest_cmd.register(app)
+stack_cmd.register(app)
+models_cmd.register(app)
+model_cmd.register(app)
+status_cmd.register(app)
 
 
 def main() -> None:

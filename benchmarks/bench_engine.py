@@ -1,0 +1,262 @@
+"""Engine throughput beside bare transformers ``generate``, and what each CPU speed-up costs.
+
+    python benchmarks/bench_engine.py                      # all batch sizes + variants
+    python benchmarks/bench_engine.py --batch-sizes 8 --variants none
+
+Inputs: 512-token prompts built from the Lee corpus (real ABC articles, fetched at run time by
+``cluster.sample_data``; consecutive articles joined until the prompt budget is full), 64 new
+tokens each (eos suppressed on both sides so every run decodes exactly 64 tokens).
+
+1. Throughput at batch 1, 4, 8, 16: the engine's ``summarize`` (prompting, decoding, the rating
+   pass, the embedding prior, parsing: everything a Result needs) against
+   ``model.generate(do_sample=False)`` on the same left-padded prompt ids, same process, same
+   threads; the ratio engine / bare.
+2. Variants at batch 8 (the engine with one option changed): articles/s, ROUGE-L F1 of their
+   summaries against the default engine's on sample articles, and whether each article's
+   result is the same alone as in the batch.
+
+Prints a Markdown table; ``--json PATH`` also writes the figures. Machine load (``uptime``) is
+printed before and after: the CPUs are shared, and figures under load are not comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from cluster.sample_data import lee_articles  # noqa: E402
+from ingestion.article import Article  # noqa: E402
+from ingestion.settings import Settings  # noqa: E402
+from serving.engine import SummarizeEngine  # noqa: E402
+from serving.profiles import load_profile  # noqa: E402
+from serving.prompt import build_prompt  # noqa: E402
+from serving.result import Result  # noqa: E402
+from tests.engine_articles import headline  # noqa: E402
+
+
+def load_avg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def long_articles(state_dir: Path, count: int, tokenizer, budget: int) -> list[Article]:  # type: ignore[no-untyped-def]
+    """``count`` articles whose prompts fill the whole budget (joined corpus lines)."""
+    texts = lee_articles(state_dir)
+    out, i = [], 0
+    while len(out) < count:
+        parts: list[str] = []
+        while sum(len(p) for p in parts) < budget * 6:
+            parts.append(texts[i % len(texts)])
+            i += 1
+        article = Article(id=len(out), title=headline(parts[0]), text=" ".join(parts), source="ABC")
+        assert len(build_prompt(tokenizer, article, budget).ids) == budget
+        out.append(article)
+    return out
+
+
+def sample_articles(state_dir: Path, count: int) -> list[Article]:
+    texts = lee_articles(state_dir)
+    step = max(1, len(texts) // count)
+    return [
+        Article(id=1000 + k, title=headline(t), text=t, source="ABC")
+        for k, t in enumerate(texts[::step][:count])
+    ]
+
+
+def bare_generate(engine: SummarizeEngine, articles: list[Article], new_tokens: int) -> float:
+    """Seconds for transformers' generate on the engine's prompt ids (left-padded)."""
+    tok = engine.tokenizer
+    started = time.perf_counter()
+    prompts = [build_prompt(tok, a, engine.profile.max_prompt_tokens).ids for a in articles]
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), engine._pad_id)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :] = torch.tensor(p)
+        mask[row, width - len(p) :] = 1
+    with torch.inference_mode():
+        out = engine._base.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+        )
+    tok.batch_decode(out[:, width:], skip_special_tokens=True)
+    return time.perf_counter() - started
+
+
+def engine_run(engine: SummarizeEngine, articles: list[Article], new_tokens: int) -> float:
+    started = time.perf_counter()
+    outcomes = engine.summarize(articles, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    elapsed = time.perf_counter() - started
+    assert len(outcomes) == len(articles)
+    return elapsed
+
+
+def rouge_l(reference: list[str], candidate: list[str]) -> float:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scores = [
+        scorer.score(r, c)["rougeL"].fmeasure for r, c in zip(reference, candidate, strict=True)
+    ]
+    return statistics.mean(scores)
+
+
+def summaries(
+    engine: SummarizeEngine, articles: list[Article], importances: list[float] | None = None
+) -> list[str]:
+    out = []
+    for start in range(0, len(articles), 8):
+        for o in engine.summarize(articles[start : start + 8]):
+            out.append(o.summary if isinstance(o, Result) else "")
+            if importances is not None and isinstance(o, Result):
+                importances.append(o.importance)
+    return out
+
+
+def deciles(values: list[float]) -> str:
+    q = statistics.quantiles(values, n=10)
+    return (
+        f"min {min(values):.0f} | " + " ".join(f"{v:.0f}" for v in q) + f" | max {max(values):.0f}"
+    )
+
+
+def importance_distribution(engine: SummarizeEngine, state: Path, blended: list[float]) -> None:
+    """The prior over all corpus articles (cheap) and the blended score of the samples."""
+    articles = [Article(text=t) for t in lee_articles(state)]
+    priors = [s.prior for s in engine._scorer.signals(articles)]
+    print(f"\nimportance prior, all {len(priors)} Lee articles (deciles): {deciles(priors)}")
+    if len(blended) >= 2:
+        print(f"importance (blend), {len(blended)} sample articles: {deciles(blended)}")
+
+
+def invariant(engine: SummarizeEngine, articles: list[Article], new_tokens: int) -> bool:
+    together = engine.summarize(articles, max_new_tokens=new_tokens)
+    alone = [engine.summarize([a], max_new_tokens=new_tokens)[0] for a in articles]
+    return [getattr(o, "summary", None) for o in together] == [
+        getattr(o, "summary", None) for o in alone
+    ]
+
+
+# name -> (cpu option changes, profile changes)
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "no-prefix-cache": ({"reuse_prefix_cache": False}, {}),
+    "int8-decode": ({"int8_decode": True}, {}),
+    "dynamic-int8": ({"dynamic_int8": True}, {}),
+    "prompt-384": ({}, {"max_prompt_tokens": 384}),
+    "int8-decode+prompt-384": ({"int8_decode": True}, {"max_prompt_tokens": 384}),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="cpu-small")
+    parser.add_argument("--batch-sizes", default="1,4,8,16")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per point (best kept)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list or 'none'")
+    parser.add_argument("--quality-articles", type=int, default=16)
+    parser.add_argument("--state-dir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    settings = Settings(**({"state_dir": args.state_dir} if args.state_dir else {}))
+    state = settings.resolved_state_dir()
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    profile = load_profile(args.profile)
+    engine = SummarizeEngine.load(profile, settings)
+    print(
+        f"# engine benchmark  {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    print(f"load average before: {load_avg()}")
+    articles = long_articles(state, max(batch_sizes), engine.tokenizer, profile.max_prompt_tokens)
+    engine_run(engine, articles[:1], 4)  # warm-up (first-call allocations)
+    bare_generate(engine, articles[:1], 4)
+
+    rows = []
+    print("\n| batch | bare generate (art/s) | engine (art/s) | engine / bare |")
+    print("|---:|---:|---:|---:|")
+    for b in batch_sizes:
+        batch = articles[:b]
+        bare = min(bare_generate(engine, batch, args.new_tokens) for _ in range(args.repeats))
+        eng = min(engine_run(engine, batch, args.new_tokens) for _ in range(args.repeats))
+        row = {"batch": b, "bare_aps": b / bare, "engine_aps": b / eng, "ratio": bare / eng}
+        rows.append(row)
+        print(
+            f"| {b} | {row['bare_aps']:.3f} | {row['engine_aps']:.3f} | {row['ratio']:.2f}x |",
+            flush=True,
+        )
+
+    variant_rows = []
+    names = [] if args.variants == "none" else [v for v in args.variants.split(",") if v]
+    if names:
+        samples = sample_articles(state, args.quality_articles)
+        blended: list[float] = []
+        reference = summaries(engine, samples, blended)
+        importance_distribution(engine, state, blended)
+        default_aps = next((r["engine_aps"] for r in rows if r["batch"] == 8), None)
+        print(
+            "\n| engine variant (batch 8) | art/s | vs bare | ROUGE-L vs default | "
+            "alone == batched |"
+        )
+        print("|---|---:|---:|---:|---|")
+        bare8 = next((r["bare_aps"] for r in rows if r["batch"] == 8), None)
+        if default_aps:
+            print(
+                f"| default (prefix cache) | {default_aps:.3f} | {default_aps / bare8:.2f}x | "
+                "1.000 | yes (tests) |",
+                flush=True,
+            )
+        del engine
+        examples: list[tuple[str, list[str]]] = [("default", reference[:2])]
+        for name in names:
+            cpu_changes, profile_changes = VARIANTS[name]
+            options = profile.cpu.model_copy(update=cpu_changes)
+            variant = SummarizeEngine.load(
+                profile.model_copy(update={"cpu": options, **profile_changes}), settings
+            )
+            engine_run(variant, articles[:1], 4)
+            eng = min(
+                engine_run(variant, articles[:8], args.new_tokens) for _ in range(args.repeats)
+            )
+            candidates = summaries(variant, samples)
+            score = rouge_l(reference, candidates)
+            examples.append((name, candidates[:2]))
+            same = invariant(variant, samples[:4], 32)
+            aps = 8 / eng
+            variant_rows.append({"variant": name, "aps": aps, "rougeL": score, "invariant": same})
+            ratio = f"{aps / bare8:.2f}x" if bare8 else "-"
+            print(
+                f"| {name} | {aps:.3f} | {ratio} | {score:.3f} | {'yes' if same else 'NO'} |",
+                flush=True,
+            )
+            del variant
+    if names:
+        print("\nexample summaries (first two sample articles):")
+        for name, texts in examples:
+            for text in texts:
+                print(f"- {name}: {text}")
+    print(f"\nload average after: {load_avg()}")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {"throughput": rows, "variants": variant_rows, "load_after": load_avg()}, indent=2
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

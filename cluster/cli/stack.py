@@ -1,0 +1,160 @@
+"""``newsdesk up`` (the local stack, until Ctrl-C) and ``newsdesk down`` (stop it from
+another shell). ``up`` records its pid in ``STATE_DIR/stack.json``; ``down`` sends it SIGTERM,
+which ``up`` handles as Ctrl-C: components stop in reverse order."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+
+import typer
+from rich.table import Table
+
+from cluster.cli.common import console, err_console, settings
+from ingestion.settings import Settings
+
+
+def pid_file(s: Settings) -> Path:
+    return s.resolved_state_dir() / "stack.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # an exited process its parent has not reaped yet is not running
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("up")
+    def up(
+        status_every: float = typer.Option(
+            60.0, "--status-every", help="Seconds between one-line poller status reports (0: off)."
+        ),
+        dashboard: bool = typer.Option(
+            True, "--dashboard/--no-dashboard", help="Start the Ray dashboard (metrics)."
+        ),
+        only: list[str] = typer.Option(
+            [],
+            "--only",
+            help="Start only these components (repeatable), e.g. --only ray --only database "
+            "--only feeds --only poller for ingestion alone.",
+        ),
+    ) -> None:
+        """Start the local stack (Ray, PostgreSQL, feeds, the FeedPoller, the Serve app and
+        the summarization loop) until Ctrl-C."""
+        import logging
+
+        import ray
+
+        from cluster.stack import Stack, default_components
+
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+        s = settings()
+        path = pid_file(s)
+        if path.exists():
+            try:
+                other = json.loads(path.read_text())["pid"]
+            except (ValueError, KeyError, OSError):
+                other = None
+            if other and other != os.getpid() and _alive(int(other)):
+                err_console.print(f"[red]error:[/red] a stack already runs (pid {other})")
+                raise typer.Exit(1)
+        components = default_components(s, dashboard=dashboard)
+        if only:
+            unknown = set(only) - {c.name for c in components}
+            if unknown:
+                names = ", ".join(c.name for c in components)
+                err_console.print(f"[red]error:[/red] unknown component(s) {unknown}: {names}")
+                raise typer.Exit(2)
+            components = [c for c in components if c.name in only]
+        stack = Stack(s, components)
+        from serving.app import fast_path_env
+
+        # before ray.init: Serve's HAProxy fast path, with files and ports of its own
+        for name, value in fast_path_env().items():
+            os.environ.setdefault(name, value)
+        # SIGTERM (`newsdesk down`, `kill`) stops as cleanly as Ctrl-C, and so does SIGINT
+        # even when a shell started us in the background with SIGINT ignored. Set again
+        # after start: ray.init installs handlers of its own. The pid file is written
+        # first, so `newsdesk down` also stops a stack that is still starting.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _interrupt)
+        path.write_text(json.dumps({"pid": os.getpid(), "started_at": time.time()}))
+        try:
+            with console.status("starting the stack..."):
+                stack.start()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, _interrupt)
+            table = Table(title="newsdesk stack running (Ctrl-C or `newsdesk down` to stop)")
+            table.add_column("component")
+            table.add_column("what runs", overflow="fold")
+            for name, text in stack.describe():
+                table.add_row(name, text)
+            console.print(table)
+            poller = stack.ctx.values.get("poller")
+            next_report = time.monotonic() + status_every
+            while True:
+                time.sleep(1.0)
+                if poller is not None and status_every > 0 and time.monotonic() >= next_report:
+                    next_report = time.monotonic() + status_every
+                    try:
+                        st = ray.get(poller.status.remote(), timeout=10)
+                        t = st["totals"]
+                        console.print(
+                            f"poller: {st['polls']} polls, {t['feeds_ok']} ok, "
+                            f"{t['feeds_not_modified']} not modified, {t['feeds_failed']} failed; "
+                            f"{t['articles_new']} new articles; database {st['database']}"
+                        )
+                    except Exception as exc:
+                        console.print(f"poller status unavailable: {exc}")
+        except KeyboardInterrupt:
+            console.print("stopping...")
+        finally:
+            stack.stop()
+            try:
+                if json.loads(path.read_text()).get("pid") == os.getpid():
+                    path.unlink()
+            except (OSError, ValueError):
+                pass
+        console.print("stopped")
+
+    @app.command("down")
+    def down(
+        timeout: float = typer.Option(90.0, help="Seconds to wait for the stack to stop."),
+    ) -> None:
+        """Stop the stack started by `newsdesk up` (same state dir)."""
+        s = settings()
+        path = pid_file(s)
+        try:
+            pid = int(json.loads(path.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            console.print("no stack running")
+            return
+        if not _alive(pid):
+            path.unlink(missing_ok=True)
+            console.print(f"no stack running (stale pid {pid} removed)")
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            err_console.print(f"[red]error:[/red] the stack (pid {pid}) did not stop in {timeout}s")
+            raise typer.Exit(1)
+        console.print(f"stack stopped (pid {pid})")

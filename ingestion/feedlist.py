@@ -1,0 +1,81 @@
+"""Lists of feeds to subscribe to: ``configs/feeds.yaml`` and OPML files, as ``FeedSpec``s,
+and adding them to the store (existing feeds are left as they are)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ingestion import store
+from ingestion.settings import Settings
+from ingestion.urlguard import check_url
+
+
+class FeedSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    url: str = Field(min_length=1, max_length=4096)
+    title: str | None = Field(default=None, max_length=1000)
+    interval_s: int | None = Field(default=None, ge=10)
+    tags: list[str] = Field(default_factory=list)
+
+
+class FeedsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    defaults: dict[str, int] = Field(default_factory=dict)
+    feeds: list[FeedSpec]
+
+
+class FeedListError(ValueError):
+    pass
+
+
+def load_feeds_yaml(path: Path) -> list[FeedSpec]:
+    """The feeds of a YAML file ``{defaults: {interval_s: N}, feeds: [{url, title, ...}]}``."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise FeedListError(f"cannot read {path}: {exc}") from exc
+    try:
+        parsed = FeedsFile.model_validate(data or {"feeds": []})
+    except ValidationError as exc:
+        raise FeedListError(f"{path}: {exc}") from exc
+    interval = parsed.defaults.get("interval_s")
+    return [
+        spec
+        if spec.interval_s or not interval
+        else spec.model_copy(update={"interval_s": interval})
+        for spec in parsed.feeds
+    ]
+
+
+@dataclass
+class AddReport:
+    added: list[store.Feed] = field(default_factory=list)
+    existing: list[store.Feed] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (url, reason)
+
+
+async def add_feeds(db: store.Db, specs: Iterable[FeedSpec], settings: Settings) -> AddReport:
+    """Add each spec not yet subscribed; refuse (with the reason) URLs the guard refuses."""
+    report = AddReport()
+    for spec in specs:
+        reason = check_url(
+            spec.url,
+            allow_private=settings.allow_private_addresses,
+            allow_loopback=settings.allow_loopback,
+            allow_file=settings.allow_file_urls,
+        )
+        if reason:
+            report.refused.append((spec.url, reason))
+            continue
+        feed, created = await store.add_feed(
+            db, spec.url, title=spec.title, interval_s=spec.interval_s or settings.feed_interval_s
+        )
+        (report.added if created else report.existing).append(feed)
+    return report

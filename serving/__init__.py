@@ -1,0 +1,1 @@
+"""Serving: the model, the prompt, the Result, the Ray Serve application."""

@@ -1,0 +1,237 @@
+"""Ingress: the HTTP entry. Mounts the Starlette app of :mod:`serving.api` (Serve's late-bound
+ASGI ingress, ``__serve_build_asgi_app__``) over a backend made of DeploymentHandles:
+summaries through CacheLookup, article reads from PostgreSQL, readiness and statistics from
+every deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import ray.exceptions
+from ray import serve
+from ray.serve.exceptions import RayServeException
+from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp
+
+from ingestion.article import Article
+from ingestion.settings import Settings
+from serving.api import ApiConfig, BackendUnavailable, build_api
+from serving.lookup import NearCache, Outcome, SummarizerUnavailable, VersionTracker
+from serving.schemas import Check
+from serving.store import ResultStore, StoredArticle
+from serving.stories import StoryList, StoryQuery, list_stories, story_list_args
+from serving.versions import Versions
+
+log = logging.getLogger(__name__)
+
+ADMIN_TIMEOUT_S = 5.0
+DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+STORE_RETRY_S = 10.0
+
+
+class ServeBackend:
+    """:class:`serving.api.ApiBackend` over the application's DeploymentHandles."""
+
+    def __init__(
+        self,
+        cache_lookup: DeploymentHandle,
+        summarizer: DeploymentHandle,
+        settings: Settings,
+        loop: DeploymentHandle | None = None,
+    ) -> None:
+        self._lookup = cache_lookup
+        self._summarizer = summarizer
+        self._loop = loop
+        self._settings = settings
+        self._store: ResultStore | None = None
+        self._store_error: str | None = None
+        self._store_failed_at: float | None = None
+        self._store_lock: asyncio.Lock | None = None
+        self._near = NearCache(
+            VersionTracker(self._fetch_versions),
+            max_entries=settings.cache_ingress_entries,
+            ttl_s=settings.cache_ttl_s,
+        )
+
+    async def _fetch_versions(self) -> Versions:
+        return await self._summarizer.versions.remote()
+
+    async def startup(self) -> None:
+        await self._get_store()
+
+    async def shutdown(self) -> None:
+        if self._store is not None:
+            await self._store.close()
+
+    async def _get_store(self) -> ResultStore | None:
+        if self._store is not None:
+            return self._store
+        loop = asyncio.get_running_loop()
+        if (
+            self._store_failed_at is not None
+            and loop.time() - self._store_failed_at < STORE_RETRY_S
+        ):
+            return None
+        self._store_lock = self._store_lock or asyncio.Lock()
+        async with self._store_lock:
+            if self._store is None:
+                try:
+                    self._store = await ResultStore.open(self._settings)
+                    self._store_error = None
+                except Exception as exc:
+                    self._store_failed_at = loop.time()
+                    self._store_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("database unavailable: %s", self._store_error)
+        return self._store
+
+    async def _require_store(self) -> ResultStore:
+        store = await self._get_store()
+        if store is None:
+            raise DatabaseUnavailable(self._store_error or "database unavailable")
+        return store
+
+    async def summarize(self, article: Article) -> tuple[Outcome, str]:
+        hot = await self._near.get(article)
+        if hot is not None:
+            return hot, "local"
+        for attempt in (1, 2):
+            try:
+                outcome, source = await self._lookup.summarize.remote(article)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                if attempt == 2:
+                    raise SummarizerUnavailable(f"CacheLookup lost twice: {exc}") from None
+                continue
+            except (ray.exceptions.RayError, RayServeException) as exc:
+                raise SummarizerUnavailable(f"{type(exc).__name__}: {exc}") from None
+            if source == "unavailable":
+                raise SummarizerUnavailable(outcome.message)
+            self._near.put(article, outcome)
+            return outcome, source
+        raise AssertionError("unreachable")
+
+    async def list_articles(
+        self,
+        *,
+        since: datetime,
+        min_importance: float | None,
+        topic: str | None,
+        limit: int,
+        half_life_h: float,
+    ) -> list[StoredArticle]:
+        store = await self._require_store()
+        try:
+            return await store.list_articles(
+                since=since,
+                min_importance=min_importance,
+                topic=topic,
+                limit=limit,
+                half_life_h=half_life_h,
+            )
+        except DB_ERRORS as exc:
+            raise DatabaseUnavailable(f"database error: {exc}") from None
+
+    async def get_article(self, article_id: int) -> StoredArticle | None:
+        store = await self._require_store()
+        try:
+            return await store.get_article(article_id)
+        except DB_ERRORS as exc:
+            raise DatabaseUnavailable(f"database error: {exc}") from None
+
+    async def list_stories(self, query: StoryQuery) -> StoryList:
+        store = await self._require_store()
+        try:
+            return await list_stories(store.pool, query, **story_list_args(self._settings))
+        except DB_ERRORS as exc:
+            raise DatabaseUnavailable(f"database error: {exc}") from None
+
+    async def readiness(self) -> tuple[dict[str, Check], dict[str, str]]:
+        model_check, db_check, redis = await asyncio.gather(
+            self._model_check(), self._db_check(), self._redis_state()
+        )
+        return {"model": model_check, "database": db_check}, {"redis": redis}
+
+    async def _model_check(self) -> Check:
+        try:
+            info = await asyncio.wait_for(self._summarizer.info.remote(), ADMIN_TIMEOUT_S)
+        except Exception as exc:
+            return Check(ok=False, detail=f"Summarizer not answering: {type(exc).__name__}")
+        detail = f"{info['model_id']} adapter={info['adapter_id']} prompt={info['prompt_version']}"
+        if info.get("adapter_error"):
+            detail += f"; {info['adapter_error']}"
+        return Check(ok=True, detail=detail)
+
+    async def _db_check(self) -> Check:
+        store = await self._get_store()
+        if store is None:
+            return Check(ok=False, detail=self._store_error or "database unavailable")
+        if not await store.ping():
+            return Check(ok=False, detail="database not answering")
+        return Check(ok=True, detail="reachable")
+
+    async def _redis_state(self) -> str:
+        try:
+            return await asyncio.wait_for(self._lookup.redis_state.remote(), ADMIN_TIMEOUT_S)
+        except Exception as exc:
+            return f"unknown ({type(exc).__name__})"
+
+    async def stats(self) -> dict[str, Any]:
+        async def ask(call: Any) -> Any:
+            try:
+                return await asyncio.wait_for(call, ADMIN_TIMEOUT_S)
+            except Exception as exc:
+                return {"error": f"{type(exc).__name__}: {exc}"}
+
+        async def rates() -> Any:
+            store = await self._get_store()
+            if store is None:
+                return {"error": self._store_error}
+            return await ask(store.rates())
+
+        lookup, summarizer, throughput, loop = await asyncio.gather(
+            ask(self._lookup.stats.remote()),
+            ask(self._summarizer.info.remote()),
+            rates(),
+            ask(self._loop.status.remote()) if self._loop is not None else _none(),
+        )
+        return {
+            "ingress_cache": self._near.stats(),
+            "lookup": lookup,
+            "summarizer": summarizer,
+            "throughput": throughput,
+            "summarization_loop": loop,
+            "note": "ingress, lookup and summarizer figures are from the replicas that answered",
+        }
+
+
+class DatabaseUnavailable(BackendUnavailable):
+    pass
+
+
+async def _none() -> None:
+    return None
+
+
+@serve.ingress()
+class Ingress:
+    def __init__(
+        self,
+        cache_lookup: DeploymentHandle,
+        summarizer: DeploymentHandle,
+        settings: Settings,
+        loop: DeploymentHandle | None = None,
+    ) -> None:
+        self._backend = ServeBackend(cache_lookup, summarizer, settings, loop)
+        self._config = dataclasses.replace(
+            ApiConfig.from_settings(settings), behind_serve_proxy=True
+        )
+
+    def __serve_build_asgi_app__(self) -> ASGIApp:
+        return build_api(self._backend, self._config)
+
+
+IngressDeployment = serve.deployment(name="Ingress")(Ingress)

@@ -1,0 +1,196 @@
+"""The Summarizer: one model replica; ``@serve.batch`` gathers single articles into batches.
+
+Callers send one article per call (``summarize``); ``@serve.batch`` collects up to
+``max_batch_size`` of them, waiting at most ``batch_wait_timeout_s`` for a batch to fill, and
+hands the list to the engine's batched ``summarize`` in a worker thread (the replica's event
+loop stays free for health checks, ``reconfigure`` and the next batch's arrivals).
+
+``user_config`` (:class:`SummarizerConfig`) is applied by ``reconfigure`` without a restart:
+the batch size and wait through ``set_max_batch_size`` / ``set_batch_wait_timeout_s``, and the
+LoRA adapter through ``engine.set_adapter`` (the engine waits for the running batch first).
+Batches never exceed the deployment's ``max_ongoing_requests``: :func:`serving.app.build_app`
+keeps it at twice the batch size so the next batch fills while one runs.
+
+The class is plain Python: tests drive ``summarize`` concurrently as async code with a real
+engine, without Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from ingestion.article import Article
+from ingestion.settings import Settings
+from serving import metrics
+from serving.engine import SummarizeEngine
+from serving.result import ArticleError, Result
+from serving.versions import Versions
+
+log = logging.getLogger(__name__)
+
+Outcome = Result | ArticleError
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_BATCH_WAIT_S = 0.05
+
+
+class SummarizerConfig(BaseModel):
+    """The Summarizer's ``user_config``: changed live by ``serve deploy``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1, le=256)
+    batch_wait_timeout_s: float = Field(default=DEFAULT_BATCH_WAIT_S, ge=0, le=60)
+    adapter: str | None = Field(
+        default=None, description="PEFT LoRA adapter folder; null = the base model."
+    )
+
+
+class Summarizer:
+    """A model replica. ``engine`` may be given (tests share one); otherwise it is loaded."""
+
+    def __init__(
+        self,
+        profile: str,
+        settings: Settings,
+        engine: SummarizeEngine | None = None,
+    ) -> None:
+        started = time.perf_counter()
+        self._engine = engine or SummarizeEngine.load(profile, settings)
+        self.load_s = time.perf_counter() - started
+        self._config = SummarizerConfig()
+        self._adapter_error: str | None = None
+        self._inflight = 0  # summarize() calls not yet answered
+        self._running = 0  # articles in the batch the engine is working on
+        self._batch_sizes: Counter[int] = Counter()
+        self._articles = 0
+        self._batch_ms_total = 0.0
+        log.info("Summarizer ready: %s in %.1f s", self._engine.model_id, self.load_s)
+
+    # --- configuration ----------------------------------------------------------------------
+
+    async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        """Apply ``user_config``. A bad config raises (Serve reports the failed update); an
+        adapter that fails to load leaves the previous one serving and is reported by
+        ``info()`` (and ``/readyz``), so a typo in a path does not take the service down."""
+        config = SummarizerConfig.model_validate(user_config or {})
+        self.summarize_batch.set_max_batch_size(config.max_batch_size)
+        self.summarize_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        if config.adapter != self._config.adapter:
+            try:
+                await asyncio.to_thread(self._engine.set_adapter, config.adapter)
+            except Exception as exc:
+                self._adapter_error = f"adapter {config.adapter!r} not applied: {exc}"
+                log.error(
+                    "%s; still serving adapter %s", self._adapter_error, self._engine.adapter_id
+                )
+                config = config.model_copy(update={"adapter": self._config.adapter})
+            else:
+                self._adapter_error = None
+                log.info("adapter now %s", self._engine.adapter_id)
+        self._config = config
+
+    # --- serving ----------------------------------------------------------------------------
+
+    async def summarize(self, article: Article) -> Outcome:
+        """One article's outcome; batched with concurrent calls by ``summarize_batch``."""
+        self._inflight += 1
+        try:
+            return await self.summarize_batch((article, time.perf_counter()))
+        finally:
+            self._inflight -= 1
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    async def summarize_batch(self, items: list[tuple[Article, float]]) -> list[Outcome]:
+        articles = [article for article, _ in items]
+        started = time.perf_counter()
+        self._running = len(articles)
+        self._batch_sizes[len(articles)] += 1
+        self._articles += len(articles)
+        metrics.batch_sizes().observe(len(articles))
+        metrics.queue_depth().set(self.queue_depth)
+        try:
+            outcomes = await asyncio.to_thread(self._engine.summarize, articles)
+        except Exception as exc:  # the engine contains per-article failures; this is a bug
+            log.exception("engine failed on a batch of %d", len(articles))
+            outcomes = [self._error(a, f"{type(exc).__name__}: {exc}") for a in articles]
+        finally:
+            self._running = 0
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self._batch_ms_total += elapsed_ms
+        metrics.batch_latency().observe(elapsed_ms)
+        return [
+            _with_queue_time(outcome, (started - enqueued) * 1000)
+            for outcome, (_, enqueued) in zip(outcomes, items, strict=True)
+        ]
+
+    def _error(self, article: Article, message: str) -> ArticleError:
+        return ArticleError(
+            article_id=article.id,
+            content_hash=article.content_hash,
+            code="internal_error",
+            message=message,
+            model_id=self._engine.model_id,
+            adapter_id=self._engine.adapter_id,
+            prompt_version=self._engine.prompt_version,
+        )
+
+    # --- introspection ----------------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        """Articles in this replica waiting for a batch slot."""
+        return max(0, self._inflight - self._running)
+
+    def versions(self) -> Versions:
+        return Versions(self._engine.model_id, self._engine.adapter_id, self._engine.prompt_version)
+
+    def info(self) -> dict[str, Any]:
+        batches = sum(self._batch_sizes.values())
+        return {
+            **self.versions().as_dict(),
+            "replica": _replica_id(),
+            "pid": os.getpid(),
+            "load_s": round(self.load_s, 2),
+            "max_batch_size": self._config.max_batch_size,
+            "batch_wait_timeout_s": self._config.batch_wait_timeout_s,
+            "engine_max_batch_size": self._engine.max_batch_size,
+            "adapter": self._config.adapter,
+            "adapter_error": self._adapter_error,
+            "queue_depth": self.queue_depth,
+            "running": self._running,
+            "batches": batches,
+            "articles": self._articles,
+            "batch_size_histogram": {str(k): v for k, v in sorted(self._batch_sizes.items())},
+            "mean_batch_ms": round(self._batch_ms_total / batches, 1) if batches else None,
+        }
+
+
+def _with_queue_time(outcome: Outcome, queue_ms: float) -> Outcome:
+    """Add the wait in the replica before the batch started (the engine only sees its own)."""
+    if not isinstance(outcome, Result):
+        return outcome
+    timings = outcome.timings.model_copy(
+        update={
+            "queue_ms": outcome.timings.queue_ms + queue_ms,
+            "total_ms": outcome.timings.total_ms + queue_ms,
+        }
+    )
+    return outcome.model_copy(update={"timings": timings})
+
+
+def _replica_id() -> str | None:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # not inside a Serve replica (tests)
+        return None
+
+
+SummarizerDeployment = serve.deployment(name="Summarizer")(Summarizer)

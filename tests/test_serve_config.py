@@ -1,0 +1,110 @@
+"""The Serve configs build: serve_config.yaml (local) and cluster/serve_config.gpu.yaml (the
+production GPU cluster), validated by Serve's schema and built into the application exactly
+as ``serve deploy`` builds it, without GPUs or a cluster."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+from ray.serve._private.build_app import build_app as serve_build_app
+from ray.serve.schema import ServeDeploySchema
+
+from serving.app import AppArgs, SummarizerOptions, compose
+from serving.deployments.summarizer import SummarizerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = {"local": ROOT / "serve_config.yaml", "gpu": ROOT / "cluster" / "serve_config.gpu.yaml"}
+EXPECTED = {"Ingress", "CacheLookup", "Summarizer", "SummarizationLoop"}
+
+
+def _built(config_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the app's config, its deployments by name after the config's overrides)."""
+    raw = yaml.safe_load(config_path.read_text())
+    schema = ServeDeploySchema.model_validate(raw)  # what `serve deploy` checks first
+    (app_schema,) = schema.applications
+    (raw_app,) = raw["applications"]
+    module, attr = app_schema.import_path.split(":")
+    builder = getattr(importlib.import_module(module), attr)
+    app = call_user_app_builder_with_args_if_necessary(builder, app_schema.args)
+    built = serve_build_app(app, name=app_schema.name)
+    deployments: dict[str, Any] = {}
+    for d in built.deployments:
+        deployments[d.name] = {
+            "ray_actor_options": dict(d.ray_actor_options or {}),
+            "max_ongoing_requests": d.max_ongoing_requests,
+            "user_config": d.user_config,
+            "num_replicas": d.num_replicas,
+            "autoscaling_config": d._deployment_config.autoscaling_config,
+        }
+    names = set(deployments)
+    for override in raw_app.get("deployments", []):
+        name = override["name"]
+        assert name in names, f"{config_path.name}: no deployment {name!r}"
+        for key in ("ray_actor_options", "max_ongoing_requests", "user_config", "num_replicas"):
+            if key in override:
+                deployments[name][key] = override[key]
+    return raw_app, deployments
+
+
+@pytest.mark.parametrize("which", sorted(CONFIGS))
+def test_config_builds_the_whole_application(which: str) -> None:
+    app, deployments = _built(CONFIGS[which])
+    assert app["import_path"] == "serving.app:build_app"
+    assert "working_dir" not in (app.get("runtime_env") or {})  # Ray 2.60: remote URIs only
+    assert set(deployments) == EXPECTED
+    summarizer = deployments["Summarizer"]
+    user_config = SummarizerConfig.model_validate(summarizer["user_config"])
+    # @serve.batch batches are capped by max_ongoing_requests
+    assert summarizer["max_ongoing_requests"] >= user_config.max_batch_size
+    for light in ("Ingress", "CacheLookup", "SummarizationLoop"):
+        assert deployments[light]["ray_actor_options"]["num_cpus"] == 0
+        assert deployments[light]["max_ongoing_requests"] >= 100
+
+
+def test_local_config_fits_this_machine() -> None:
+    app, deployments = _built(CONFIGS["local"])
+    http = yaml.safe_load(CONFIGS["local"].read_text())["http_options"]
+    assert http["host"] == "127.0.0.1" and http["port"] != 6379
+    summarizer = deployments["Summarizer"]
+    assert summarizer["ray_actor_options"] == {"num_cpus": 1}  # no GPU asked for
+    assert summarizer["num_replicas"] == 1
+    assert AppArgs.model_validate(app["args"]).profile == "cpu-small"
+
+
+def test_gpu_config_asks_for_gpus_autoscaling_and_redis() -> None:
+    app, deployments = _built(CONFIGS["gpu"])
+    args = AppArgs.model_validate(app["args"])
+    assert args.profile == "gpu-7b"
+    assert args.redis_url and args.redis_url.startswith("redis://")
+    assert args.database_url is None and args.api_key is None  # secrets: from the environment
+    summarizer = deployments["Summarizer"]
+    assert summarizer["ray_actor_options"]["num_gpus"] == 1
+    scaling = summarizer["autoscaling_config"]
+    assert scaling is not None and scaling.min_replicas >= 2 and scaling.max_replicas >= 4
+    for light in ("Ingress", "CacheLookup", "SummarizationLoop"):
+        assert "newsdesk_cpu" in deployments[light]["ray_actor_options"]["resources"]
+
+
+def test_gpu_count_follows_the_profile() -> None:
+    """Without num_gpus, a CUDA profile asks for its tensor-parallel size; a CPU one for none."""
+    gpu = _summarizer_options(AppArgs(profile="gpu-7b"))
+    cpu = _summarizer_options(AppArgs(profile="cpu-small"))
+    assert gpu["num_gpus"] == 1 and "num_gpus" not in cpu
+
+
+def test_batch_size_above_max_ongoing_requests_is_refused() -> None:
+    with pytest.raises(ValueError, match="batches could never fill"):
+        SummarizerOptions(max_ongoing_requests=4, user_config=SummarizerConfig(max_batch_size=8))
+    with pytest.raises(ValueError):
+        AppArgs.model_validate({"profile": "cpu-small", "replicas": 3})  # unknown field
+
+
+def _summarizer_options(args: AppArgs) -> dict[str, Any]:
+    built = serve_build_app(compose(args), name="t")
+    (summarizer,) = [d for d in built.deployments if d.name == "Summarizer"]
+    return dict(summarizer.ray_actor_options or {})
