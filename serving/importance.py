@@ -71,7 +71,8 @@ TOPICS: dict[str, str] = {
     "science": "Science, research, space and technology.",
     "environment": "Environment, climate, weather, wildlife and conservation.",
     "sport": "Sport, matches, teams, players, tournaments, cricket, football and tennis.",
-    "culture": "Arts, entertainment, film, music, celebrities and lifestyle.",
+    "culture": "Arts, entertainment, celebrities, lifestyle, pets and animals, food, "
+    "human-interest stories.",
     "transport": "Transport, aviation, airlines, roads, rail and accidents.",
 }
 TOPIC_MARGIN = 0.05
