@@ -60,6 +60,7 @@ from serving.stories import StoryList, StoryQuery
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+_ListQueryT = TypeVar("_ListQueryT", ArticleListQuery, StoryQuery)
 MAX_ARTICLE_ID = 2**63 - 1
 DEFAULT_LIST_WINDOW = timedelta(days=7)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -424,13 +425,14 @@ class Api:
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
-    async def list_articles(self, request: Request) -> Response:
+    def _list_query(self, request: Request, model: type[_ListQueryT]) -> _ListQueryT:
+        """The query string of a list route, validated, with ``limit`` capped by the config."""
         params = dict(request.query_params)
         if "since" in params:
             # an unencoded "+00:00" arrives as " 00:00": unambiguous, so accept it
             params["since"] = params["since"].replace(" ", "+")
         try:
-            query = ArticleListQuery.model_validate(params)
+            query = model.model_validate(params)
         except ValidationError as exc:
             raise _validation_error(exc, ("query",)) from None
         if query.limit > self.config.max_list_limit:
@@ -442,6 +444,10 @@ class Api:
                     {"loc": ["query", "limit"], "msg": "too large", "type": "less_than_equal"}
                 ],
             )
+        return query
+
+    async def list_articles(self, request: Request) -> Response:
+        query = self._list_query(request, ArticleListQuery)
         since = query.since or datetime.now(UTC) - DEFAULT_LIST_WINDOW
         if since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
@@ -457,22 +463,7 @@ class Api:
         return Response(body.model_dump_json(), media_type="application/json")
 
     async def list_stories(self, request: Request) -> Response:
-        params = dict(request.query_params)
-        if "since" in params:
-            params["since"] = params["since"].replace(" ", "+")  # as in list_articles
-        try:
-            query = StoryQuery.model_validate(params)
-        except ValidationError as exc:
-            raise _validation_error(exc, ("query",)) from None
-        if query.limit > self.config.max_list_limit:
-            raise ApiError(
-                422,
-                "validation_error",
-                f"query.limit: at most {self.config.max_list_limit}",
-                details=[
-                    {"loc": ["query", "limit"], "msg": "too large", "type": "less_than_equal"}
-                ],
-            )
+        query = self._list_query(request, StoryQuery)
         body = await self.backend.list_stories(query)
         return Response(body.model_dump_json(), media_type="application/json")
 
