@@ -11,6 +11,11 @@ layer alone ~30 ms of it.
   bf16): a quarter of the bytes to read. Activations stay dynamic-range-free, unlike
   ``quantize_dynamic``, whose per-tensor int8 activations turned this model's summaries into
   loops.
+  Not batch-invariant (measured, tests/test_engine_batch.py): the int8 kernel itself gives
+  each row the same bits at any batch size, but rounding activations to bf16 amplifies the
+  ~1e-6 differences that fp32 prefill of different batch shapes leaves, and a near-tie in
+  greedy decoding then flips (1 of 4 mixed-length Lee articles changed its summary alone vs
+  batched). Hence off in every shipped profile.
 - ``dynamic_int8``: ``torch.ao.quantization.quantize_dynamic`` on every Linear, per-channel
   weights (``per_channel_dynamic_qconfig``), prefill and decode. Kept for comparison.
 """

@@ -125,6 +125,10 @@ class SummarizeEngine:
         self._scorer = scorer
         self._lock = threading.Lock()
         self._min_new_tokens = 0
+        # Outputs regenerated because the first pass was unusable (echo, empty, unparsable):
+        # each costs a second decode of its micro-batch's failed rows (benchmarks report it).
+        self.retries_total = 0
+        self.retry_seconds_total = 0.0
         self._prefix: PrefixCache | None = None
         self._eos_id = int(tokenizer.convert_tokens_to_ids("<|im_end|>"))
         if self._eos_id == tokenizer.unk_token_id:
@@ -476,7 +480,10 @@ class SummarizeEngine:
                 failed.append(row)
         reasons: dict[int, str] = {}
         if failed:
+            self.retries_total += len(failed)
+            retry_started = time.perf_counter()
             retry = self._decode([chunk[r].prompt.ids for r in failed], max_new_tokens, True)
+            self.retry_seconds_total += time.perf_counter() - retry_started
             decoded.prefill_s += retry.prefill_s
             decoded.decode_s += retry.decode_s
             decoded.rating_s += retry.rating_s

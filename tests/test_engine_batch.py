@@ -72,3 +72,42 @@ def test_engine_decoding_equals_transformers_generate(engine, mixed_articles) ->
     )
     assert plain.tokens == expected
     assert cached.tokens == expected
+
+
+def test_int8_decode_variant_runs_the_int8_kernel_and_gives_valid_results(
+    engine_settings, mixed_articles
+) -> None:
+    """The benchmark's int8-decode variant is real: every decoder Linear and the output layer
+    become int8 in decode steps, and Results stay schema-valid. (It is not batch-invariant:
+    see serving/cpu_speedups.py; no shipped profile enables it.)"""
+    from serving.cpu_speedups import Int8DecodeLinear
+    from serving.engine import SummarizeEngine
+    from serving.profiles import load_profile
+
+    profile = load_profile("cpu-small")
+    profile = profile.model_copy(
+        update={"cpu": profile.cpu.model_copy(update={"int8_decode": True})}
+    )
+    variant = SummarizeEngine.load(profile, engine_settings)
+    assert variant.model_id.endswith("+int8dec")
+    assert sum(isinstance(m, Int8DecodeLinear) for m in variant._model.modules()) == 30 * 7 + 1
+    outcomes = variant.summarize(mixed_articles[:2], max_new_tokens=24)
+    assert all(isinstance(r, Result) and r.summary for r in outcomes)
+
+
+def test_fast_profile_cuts_the_prompt_and_keeps_batch_invariance(
+    engine_settings, mixed_articles
+) -> None:
+    """``cpu-small-fast`` (the same fp32 engine, 320 prompt tokens) keeps each article's Result
+    the same alone and batched."""
+    from serving.engine import SummarizeEngine
+    from serving.prompt import build_prompt
+
+    fast = SummarizeEngine.load("cpu-small-fast", engine_settings)
+    assert fast.profile.max_prompt_tokens == 320
+    picks = mixed_articles[::2]  # 4 articles, short to long
+    assert len(build_prompt(fast.tokenizer, picks[-1], 320).ids) == 320
+    together = fast.summarize(picks, max_new_tokens=32)
+    alone = [fast.summarize([a], max_new_tokens=32)[0] for a in picks]
+    assert all(isinstance(r, Result) for r in together + alone)
+    assert [_comparable(r) for r in alone] == [_comparable(r) for r in together]

@@ -6,7 +6,7 @@ A pair is one JSON object per line::
      "article": {...Article fields...},
      "target": {"summary": "...", "importance": 63.0},
      "teacher": {"name": "lead", "model": null, "version": "lead-v1"},
-     "prompt_version": "summarize-v1", "created_at": "2025-..."}
+     "prompt_version": "summarize-v2", "created_at": "2025-..."}
 
 ``article`` carries what the prompt needs, so training reads no database. Files are only ever
 appended to with one ``write`` of a whole line followed by ``fsync``; a line cut by a crash
