@@ -229,14 +229,14 @@ def main() -> None:
         default_aps = next((r["engine_aps"] for r in rows if r["batch"] == 8), None)
         print(
             "\n| engine variant (batch 8) | art/s | vs bare | ROUGE-L vs default | "
-            "alone == batched |"
+            "alone == batched | retries |"
         )
-        print("|---|---:|---:|---:|---|")
+        print("|---|---:|---:|---:|---|---:|")
         bare8 = next((r["bare_aps"] for r in rows if r["batch"] == 8), None)
         if default_aps:
             print(
                 f"| default (prefix cache) | {default_aps:.3f} | {default_aps / bare8:.2f}x | "
-                "1.000 | yes (tests) |",
+                "1.000 | yes (tests) | - |",
                 flush=True,
             )
         del engine
@@ -248,18 +248,29 @@ def main() -> None:
                 profile.model_copy(update={"cpu": options, **profile_changes}), settings
             )
             engine_run(variant, articles[:1], 4)
+            before = variant.retries_total
             eng = min(
                 engine_run(variant, articles[:8], args.new_tokens) for _ in range(args.repeats)
             )
+            retries = (variant.retries_total - before) / args.repeats
             candidates = summaries(variant, samples)
             score = rouge_l(reference, candidates)
             examples.append((name, candidates[:2]))
             same = invariant(variant, samples[:4], 32)
             aps = 8 / eng
-            variant_rows.append({"variant": name, "aps": aps, "rougeL": score, "invariant": same})
+            variant_rows.append(
+                {
+                    "variant": name,
+                    "aps": aps,
+                    "rougeL": score,
+                    "invariant": same,
+                    "retries": retries,
+                }
+            )
             ratio = f"{aps / bare8:.2f}x" if bare8 else "-"
             print(
-                f"| {name} | {aps:.3f} | {ratio} | {score:.3f} | {'yes' if same else 'NO'} |",
+                f"| {name} | {aps:.3f} | {ratio} | {score:.3f} | {'yes' if same else 'NO'} "
+                f"| {retries:g} |",
                 flush=True,
             )
             del variant
