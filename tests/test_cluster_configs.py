@@ -19,6 +19,8 @@ from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve._private.build_app import build_app as serve_build_app
 from ray.serve.schema import ServeDeploySchema
 
+from serving.app import FAST_PATH_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "cluster" / "ray-cluster.gpu.yaml"
 RAYSERVICE = ROOT / "cluster" / "kuberay" / "rayservice.yaml"
@@ -68,10 +70,17 @@ def test_launcher_config_validates() -> None:
     assert types[config["head_node_type"]]["resources"].get("CPU") == 0  # head: no replicas
     # Ray's GCS must not take Redis's port
     assert "--port=6379" not in " ".join(config["head_start_ray_commands"])
+    # Serve's fast path is read when Ray starts: every node's `ray start` gets it
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in config[key] if "ray start" in c)
+        assert all(f"{name}={value}" in start for name, value in FAST_PATH_ENV.items())
     bad = copy.deepcopy(config)
     bad["available_node_types"]["cpu"]["max_workers"] = "two"
     with pytest.raises(Exception, match="two"):
         validate_config(bad)  # the validation really checks
+
+
+SECRETS = {"NEWSDESK_DATABASE_URL", "NEWSDESK_API_KEY"}
 
 
 def test_rayservice_has_what_kuberay_needs(rayservice: dict[str, Any]) -> None:
@@ -97,7 +106,11 @@ def test_rayservice_has_what_kuberay_needs(rayservice: dict[str, Any]) -> None:
         env = {e["name"] for e in container["env"]}
         assert {"NEWSDESK_DATABASE_URL", "NEWSDESK_API_KEY"} <= env
         # secrets come from a Secret, never inline
-        assert all("value" not in e for e in container["env"] if e["name"] != "NEWSDESK_STATE_DIR")
+        secrets = [e for e in container["env"] if e["name"] in SECRETS]
+        assert all("value" not in e and "secretKeyRef" in e["valueFrom"] for e in secrets)
+        # Serve's fast path (HAProxy + gRPC) is read when Ray starts: set on every node
+        values = {e["name"]: e.get("value") for e in container["env"]}
+        assert all(values.get(name) == "1" for name in FAST_PATH_ENV), values
     assert len(images) == 1  # one image everywhere: the code must match on every node
     gpu = groups["gpu-h100"]["template"]["spec"]["containers"][0]["resources"]
     assert gpu["limits"]["nvidia.com/gpu"] == 1 and gpu["requests"]["nvidia.com/gpu"] == 1
