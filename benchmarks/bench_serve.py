@@ -306,9 +306,13 @@ def main() -> None:
         if args.only_hits:
             asyncio.run(post_all(url, set_a[:1], 1))  # one miss fills the cache
         else:
-            # loaded now, next to the replica's load: both run the same engine code
+            # loaded now, next to the replica's load: both run the same engine code, in
+            # micro-batches of Serve's max_batch_size (8), not the profile's 16
+            from serving.profiles import load_profile
+
+            profile = load_profile("cpu-small").model_copy(update={"max_batch_size": 8})
             engine = SummarizeEngine.load(
-                "cpu-small", Settings(state_dir=state, engine_threads=2, redis_url=None)
+                profile, Settings(state_dir=state, engine_threads=2, redis_url=None)
             )
             engine.summarize(set_b[-1:])  # warm-up (first-call allocations)
             # (a) cache misses at concurrency 16 vs the engine on the same articles. Rounds of
