@@ -54,6 +54,7 @@ class ServeAppComponent:
         loop = "on" if s.summarize_loop_enabled else "off"
         return (
             f"Serve app {APP_NAME!r} ({s.model_profile}): digest page {self.url}/ ; "
-            f"API POST {self.url}/v1/summarize, GET {self.url}/v1/stories, GET {self.url}/v1/articles, {self.url}/readyz, "
+            f"API POST {self.url}/v1/summarize, GET {self.url}/v1/stories, "
+            f"GET {self.url}/v1/articles, {self.url}/readyz, "
             f"{self.url}/v1/stats, {self.url}/openapi.json; summarization loop {loop}"
         )
