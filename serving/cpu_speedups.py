@@ -11,7 +11,8 @@ layer alone ~30 ms of it.
   bf16): a quarter of the bytes to read. Activations stay dynamic-range-free, unlike
   ``quantize_dynamic``, whose per-tensor int8 activations turned this model's summaries into
   loops.
-  Not batch-invariant (measured, tests/test_engine_batch.py): the int8 kernel itself gives
+  Not batch-invariant (measured on the mixed-length Lee articles of tests/test_engine_batch.py
+  and by the benchmark's alone-vs-batched check): the int8 kernel itself gives
   each row the same bits at any batch size, but rounding activations to bf16 amplifies the
   ~1e-6 differences that fp32 prefill of different batch shapes leaves, and a near-tie in
   greedy decoding then flips (1 of 4 mixed-length Lee articles changed its summary alone vs
