@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from cluster.sample_data import lee_articles  # noqa: E402
 from ingestion.article import Article  # noqa: E402
 from ingestion.settings import Settings  # noqa: E402
+from serving.decoding import left_pad  # noqa: E402
 from serving.engine import SummarizeEngine  # noqa: E402
 from serving.profiles import load_profile  # noqa: E402
 from serving.prompt import build_prompt  # noqa: E402
@@ -78,12 +79,8 @@ def bare_generate(engine: SummarizeEngine, articles: list[Article], new_tokens: 
     tok = engine.tokenizer
     started = time.perf_counter()
     prompts = [build_prompt(tok, a, engine.profile.max_prompt_tokens).ids for a in articles]
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), engine._pad_id)
-    mask = torch.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(p)
-        mask[row, width - len(p) :] = 1
+    ids, mask = left_pad(prompts, engine._pad_id)
+    width = ids.shape[1]
     with torch.inference_mode():
         out = engine._base.generate(
             input_ids=ids,

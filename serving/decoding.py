@@ -70,6 +70,19 @@ class PreallocatedLayer(DynamicLayer):
         self.update(keys, values)
 
 
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of token id rows, left-padded to the longest: the
+    layout transformers' ``generate`` expects for a batch of prompts."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(list(row))
+            mask[i, width - len(row) :] = 1
+    return ids, mask
+
+
 def new_cache(num_layers: int, capacity: int) -> Cache:
     return Cache(layers=[PreallocatedLayer(capacity) for _ in range(num_layers)])
 

@@ -43,7 +43,13 @@ import torch
 from ingestion.article import Article
 from ingestion.settings import Settings
 from serving import prompt as prompt_mod
-from serving.decoding import DecodeOutput, PrefixCache, compute_prefix_cache, greedy_decode
+from serving.decoding import (
+    DecodeOutput,
+    PrefixCache,
+    compute_prefix_cache,
+    greedy_decode,
+    left_pad,
+)
 from serving.importance import ArticleSignals, ImportanceScorer, blend, model_rating_to_score
 from serving.model_source import prepare_model
 from serving.profiles import ModelProfile, load_profile
@@ -407,12 +413,8 @@ class SummarizeEngine:
     ) -> DecodeOutput:
         """``model.generate`` path for DeepSpeed kernel injection / tensor parallelism (GPU):
         the injected modules keep their own KV cache, so the rating is a separate forward."""
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, p in enumerate(prompts):
-            ids[row, width - len(p) :] = torch.tensor(p)
-            mask[row, width - len(p) :] = 1
+        ids, mask = left_pad(prompts, self._pad_id)
+        width = ids.shape[1]
         started = time.perf_counter()
         out = self._model.generate(
             input_ids=ids.to(self.device),
@@ -440,12 +442,7 @@ class SummarizeEngine:
         for p, seq in zip(prompts, tokens, strict=True):
             tail = seq if seq and seq[-1] == self._eos_id else [*seq, self._eos_id]
             rated.append(p + tail + list(self._rating_suffix))
-        r_width = max(len(r) for r in rated)
-        r_ids = torch.full((len(rated), r_width), self._pad_id, dtype=torch.long)
-        r_mask = torch.zeros_like(r_ids)
-        for row, r in enumerate(rated):
-            r_ids[row, r_width - len(r) :] = torch.tensor(r)
-            r_mask[row, r_width - len(r) :] = 1
+        r_ids, r_mask = left_pad(rated, self._pad_id)
         logits = self._model(
             input_ids=r_ids.to(self.device),
             attention_mask=r_mask.to(self.device),

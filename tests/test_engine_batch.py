@@ -7,7 +7,7 @@ import torch
 
 from cluster.sample_data import lee_articles
 from ingestion.article import Article
-from serving.decoding import greedy_decode
+from serving.decoding import greedy_decode, left_pad
 from serving.prompt import build_prompt
 from serving.result import Result
 from tests.engine_articles import headline
@@ -46,12 +46,10 @@ def test_engine_decoding_equals_transformers_generate(engine, mixed_articles) ->
     tokens of transformers' ``generate`` on the same left-padded batch."""
     tok = engine.tokenizer
     prompts = [build_prompt(tok, a, 512).ids for a in mixed_articles[:4]]
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), engine._pad_id)
-    mask = torch.zeros_like(ids)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p) :] = torch.tensor(p)
-        mask[row, width - len(p) :] = 1
+    ids, mask = left_pad(prompts, engine._pad_id)
+    width = ids.shape[1]
+    assert mask.sum(-1).tolist() == [len(p) for p in prompts]  # padding on the left only
+    assert all(ids[r, width - len(p) :].tolist() == p for r, p in enumerate(prompts))
     with torch.inference_mode():
         out = engine._base.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False
@@ -111,3 +109,13 @@ def test_fast_profile_cuts_the_prompt_and_keeps_batch_invariance(
     alone = [fast.summarize([a], max_new_tokens=32)[0] for a in picks]
     assert all(isinstance(r, Result) for r in together + alone)
     assert [_comparable(r) for r in alone] == [_comparable(r) for r in together]
+
+
+def test_generate_path_gives_the_greedy_loops_tokens_and_ratings(engine, mixed_articles) -> None:
+    """The ``model.generate`` path (used under DeepSpeed kernel injection or tensor
+    parallelism on GPU) runs on CPU too: same tokens and rating as the engine's own loop."""
+    prompts = [build_prompt(engine.tokenizer, a, 512).ids for a in mixed_articles[:3]]
+    via_generate = engine._decode_with_generate(prompts, 24)
+    via_loop = engine._decode(prompts, 24)
+    assert via_generate.tokens == via_loop.tokens
+    assert torch.allclose(via_generate.rating_probs, via_loop.rating_probs, atol=1e-4)
