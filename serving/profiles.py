@@ -13,6 +13,8 @@ training (training reads ``lora_target_modules`` and ``max_prompt_tokens`` from 
 - ``deepspeed``: the options of ``deepspeed.init_inference`` (off, or on with or without
   kernel injection, tensor-parallel size, dtype).
 - ``cpu``: optional speed-ups of the decode loop (prefix KV cache reuse, int8 variants).
+- ``extends``: another profile's name; this file then lists only what differs (nested
+  sections merge key by key).
 - ``importance``: blend weights of the model's own rating and the embedding prior (see
   :mod:`serving.importance`); they need not sum to 1, they are normalised.
 
@@ -23,7 +25,7 @@ training (training reads ``lora_target_modules`` and ``max_prompt_tokens`` from 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -130,17 +132,38 @@ def profile_path(name_or_path: str | Path) -> Path:
     return CONFIG_DIR / f"{text}.yaml"
 
 
-def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> ModelProfile:
-    """Read and validate a profile; a clear error names the file when it is missing or bad."""
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _profile_data(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The profile's YAML as a dict, with ``extends`` resolved."""
     path = profile_path(name_or_path)
     if not path.is_file():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise FileNotFoundError(
             f"model profile {name_or_path!r} not found ({path}); known: {known}"
         )
+    if path.resolve() in seen:
+        raise ValueError(f"model profile {path} extends itself (through {seen[-1]})")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     data.setdefault("name", path.stem)
-    return ModelProfile.model_validate(data)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    parent = _profile_data(base, (*seen, path.resolve()))
+    return _merge(parent, data)
+
+
+def load_profile(name_or_path: str | Path = DEFAULT_PROFILE) -> ModelProfile:
+    """Read and validate a profile; a clear error names the file when it is missing or bad."""
+    return ModelProfile.model_validate(_profile_data(name_or_path))
 
 
 def available_profiles() -> list[str]:

@@ -94,3 +94,22 @@ def test_missing_folder_source_is_a_clear_error(engine_settings: Settings) -> No
     profile = load_profile("cpu-small").model_copy(update={"source": "/nonexistent/model"})
     with pytest.raises(ModelSourceError, match="does not exist"):
         prepare_model(profile, engine_settings)
+
+
+def test_profile_extends_another_and_merges_sections(tmp_path: Path) -> None:
+    fast = load_profile("cpu-small-fast")
+    base = load_profile("cpu-small")
+    assert fast.name == "cpu-small-fast" and fast.max_prompt_tokens == 320
+    assert fast.model_dump(exclude={"name", "max_prompt_tokens"}) == base.model_dump(
+        exclude={"name", "max_prompt_tokens"}
+    )
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: cpu-small\nimportance:\n  model_weight: 0.5\n")
+    merged = load_profile(child)
+    assert merged.name == "child"
+    assert merged.importance.model_weight == 0.5
+    assert merged.importance.prior_weight == base.importance.prior_weight  # merged, not replaced
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(ValueError, match="extends itself"):
+        load_profile(loop)
