@@ -339,7 +339,8 @@ def _is_echo(summary: str, article: Article | None) -> str | None:
         fixed_words = " ".join(_words(fixed))
         if folded and (folded in fixed_words or fixed_words[:60] in folded):
             return "repeats the instructions"
-    if re.search(r"</?article>|^\s*(title|source|date)\s*:", summary, re.I | re.M):
+    # (a sentence with an article fence never gets here: _copies_instructions dropped it)
+    if re.search(r"^\s*(title|source|date)\s*:", summary, re.I | re.M):
         return "repeats the prompt's article header"
     if article is not None and article.title:
         if folded == " ".join(_words(article.title)):
