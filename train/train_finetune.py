@@ -162,7 +162,7 @@ def run_training(
 ) -> dict[str, Any]:
     """Train, evaluate and register one run; returns the summary (also stored)."""
     from serving.model_source import prepare_model
-    from serving.profiles import load_profile
+    from serving.profiles import load_profile, resolve_dtype
     from serving.prompt import PROMPT_VERSION
 
     started = time.monotonic()
@@ -209,7 +209,7 @@ def run_training(
             val_file=val_file,
             max_prompt_tokens=max_prompt_tokens,
             target_modules=target_modules,
-            dtype=profile.dtype,
+            dtype=resolve_dtype(profile.dtype, "cuda" if cfg.use_gpu else "cpu"),
         )
         train_seconds = time.monotonic() - started
         adapter_dir = _install_adapter(result, run_dir / "adapter")
