@@ -77,6 +77,23 @@ def body(article: Article) -> dict[str, Any]:
 
 
 FAILED_GENERATIONS: list[str] = []
+# Result.timings of every model reply, by side: where the time goes (see breakdown()).
+TIMINGS: dict[str, list[dict[str, float]]] = {"serve": [], "engine": []}
+
+
+def breakdown(timings: list[dict[str, float]]) -> str:
+    """Batches (articles of one batch share its stage timings) and the seconds of each stage
+    summed over batches: the engine's work, wherever it ran."""
+    batches = {(t["prefill_ms"], t["generate_ms"], t["importance_ms"]) for t in timings}
+    prefill, generate, importance = (sum(b[i] for b in batches) / 1e3 for i in range(3))
+    return (
+        f"{len(timings)} results in {len(batches)} batches: prefill {prefill:.1f} s, "
+        f"generate {generate:.1f} s, importance {importance:.1f} s"
+    )
+
+
+def record(side: str, outcomes: list[Any]) -> None:
+    TIMINGS[side].extend(o.timings.model_dump() for o in outcomes if hasattr(o, "timings"))
 
 
 async def post_all(url: str, articles: list[Article], concurrency: int) -> float:
@@ -92,6 +109,8 @@ async def post_all(url: str, articles: list[Article], concurrency: int) -> float
             while not queue.empty():
                 a = queue.get_nowait()
                 r = await client.post(f"{url}/v1/summarize", json=body(a))
+                if r.status_code == 200:
+                    TIMINGS["serve"].append(r.json()["timings"])
                 if r.status_code == 422 and r.json()["error"]["code"] == "generation_failed":
                     FAILED_GENERATIONS.append(a.title)  # the model ran; no usable summary
                 elif r.status_code != 200 or r.headers.get("x-cache") != "model":
@@ -326,7 +345,7 @@ def main() -> None:
                         serve_s += len(chunk) / asyncio.run(post_all(url, chunk, 16))
                     else:
                         started = time.perf_counter()
-                        engine.summarize(chunk)
+                        record("engine", engine.summarize(chunk))
                         engine_s += time.perf_counter() - started
                 print(
                     f"(a) round {r + 1}: serve {serve_s:.0f} s, engine {engine_s:.0f} s, "
@@ -335,6 +354,9 @@ def main() -> None:
                 )
             serve_a, engine_a = len(set_a) / serve_s, len(set_a) / engine_s
             print(f"(a) generation_failed through Serve: {len(FAILED_GENERATIONS)}", flush=True)
+            for side in ("serve", "engine"):
+                print(f"(a) {side}: {breakdown(TIMINGS[side])}", flush=True)
+                TIMINGS[side].clear()
             rows.append(
                 (
                     "(a) cache-miss articles/s, concurrency 16",
@@ -356,13 +378,15 @@ def main() -> None:
                     else:
                         started = time.perf_counter()
                         for a in chunk:
-                            engine.summarize([a])
+                            record("engine", engine.summarize([a]))
                         engine_s += time.perf_counter() - started
                 print(
                     f"(b) round {r + 1}: serve {serve_s:.0f} s, engine {engine_s:.0f} s, "
                     f"load {load_avg()}",
                     flush=True,
                 )
+            for side in ("serve", "engine"):
+                print(f"(b) {side}: {breakdown(TIMINGS[side])}", flush=True)
             serve_b1, engine_b1 = len(set_b) / serve_s, len(set_b) / engine_s
             serve_speedup, engine_speedup = serve_a / serve_b1, engine_a / engine_b1
             rows.append(

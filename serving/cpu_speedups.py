@@ -11,12 +11,12 @@ layer alone ~30 ms of it.
   bf16): a quarter of the bytes to read. Activations stay dynamic-range-free, unlike
   ``quantize_dynamic``, whose per-tensor int8 activations turned this model's summaries into
   loops.
-  Not batch-invariant (measured on the mixed-length Lee articles of tests/test_engine_batch.py
-  and by the benchmark's alone-vs-batched check): the int8 kernel itself gives
-  each row the same bits at any batch size, but rounding activations to bf16 amplifies the
-  ~1e-6 differences that fp32 prefill of different batch shapes leaves, and a near-tie in
-  greedy decoding then flips (1 of 4 mixed-length Lee articles changed its summary alone vs
-  batched). Hence off in every shipped profile.
+  Measured not batch-invariant with the engine's old layout (the batch prefilled together):
+  rounding activations to bf16 amplified the ~1e-6 differences that fp32 prefill of different
+  batch shapes left, and a near-tie flipped (1 of 4 mixed-length Lee articles). With the
+  fixed-slot layout (:mod:`serving.decoding`) the benchmark's 4-article check passes, but on
+  CPUs with native bf16 the bf16 profile is faster (README "Engine"), so no shipped profile
+  enables it.
 - ``dynamic_int8``: ``torch.ao.quantization.quantize_dynamic`` on every Linear, per-channel
   weights (``per_channel_dynamic_qconfig``), prefill and decode. Kept for comparison.
 """

@@ -131,6 +131,7 @@ class SummarizeEngine:
         self._adapter_id: str | None = None
         self._scorer = scorer
         self._lock = threading.Lock()
+        self._threads = torch.get_num_threads()  # after Settings.engine_threads (load)
         self._min_new_tokens = 0
         # Outputs regenerated because the first pass was unusable (echo, empty, unparsable):
         # each costs a second decode of its micro-batch's failed rows (benchmarks report it).
@@ -340,6 +341,11 @@ class SummarizeEngine:
         ``max_new_tokens`` overrides the profile's; ``min_new_tokens`` (benchmarks) forbids
         the end of the summary before that many tokens."""
         with self._lock:
+            # OpenMP's thread count is per thread: a caller's thread (Serve runs the engine in
+            # asyncio.to_thread) starts at OMP_NUM_THREADS, which Ray sets to the actor's CPUs
+            # (1), and fp32 matmuls then ran on one core (measured 2x slower; oneDNN's bf16
+            # ones were not affected). Re-apply the engine's count in the calling thread.
+            torch.set_num_threads(self._threads)
             self._min_new_tokens = min_new_tokens
             return self._summarize(list(articles), max_new_tokens or self.profile.max_new_tokens)
 

@@ -121,37 +121,29 @@ def test_engine_decoding_equals_transformers_generate(fp32_engine, mixed_article
     expected = []
     for row in out[:, width:].tolist():
         expected.append(row[: row.index(engine._eos_id) + 1] if engine._eos_id in row else row)
-    plain = greedy_decode(
-        engine._model, prompts, pad_id=engine._pad_id, eos_id=engine._eos_id, max_new_tokens=24
-    )
-    cached = greedy_decode(
-        engine._model,
-        prompts,
-        pad_id=engine._pad_id,
-        eos_id=engine._eos_id,
-        max_new_tokens=24,
-        prefix=engine._prefix,
-    )
-    slotted = greedy_decode(
-        engine._model,
-        prompts,
-        pad_id=engine._pad_id,
-        eos_id=engine._eos_id,
-        max_new_tokens=24,
-        prefix=engine._prefix,
-        slots=engine._slots,
-    )
-    assert plain.tokens == expected
-    assert cached.tokens == expected
-    assert slotted.tokens == expected
+    layouts = {
+        "batched prefill": {},
+        "shared-prefix cache": {"prefix": engine._prefix},
+        "rows into fixed slots": {"prefix": engine._prefix, "slots": engine._slots},
+    }
+    for name, options in layouts.items():
+        decoded = greedy_decode(
+            engine._model,
+            prompts,
+            pad_id=engine._pad_id,
+            eos_id=engine._eos_id,
+            max_new_tokens=24,
+            **options,
+        )
+        assert decoded.tokens == expected, name
 
 
 def test_int8_decode_variant_runs_the_int8_kernel_and_gives_valid_results(
     engine_settings, mixed_articles
 ) -> None:
     """The benchmark's int8-decode variant is real: every decoder Linear and the output layer
-    become int8 in decode steps, and Results stay schema-valid. (It is not batch-invariant:
-    see serving/cpu_speedups.py; no shipped profile enables it.)"""
+    become int8 in decode steps, and Results stay schema-valid. (Why no shipped profile enables
+    it: serving/cpu_speedups.py.)"""
     from serving.cpu_speedups import Int8DecodeLinear
     from serving.engine import SummarizeEngine
 
