@@ -341,10 +341,10 @@ class SummarizeEngine:
         ``max_new_tokens`` overrides the profile's; ``min_new_tokens`` (benchmarks) forbids
         the end of the summary before that many tokens."""
         with self._lock:
-            # OpenMP's thread count is per thread: a caller's thread (Serve runs the engine in
-            # asyncio.to_thread) starts at OMP_NUM_THREADS, which Ray sets to the actor's CPUs
-            # (1), and fp32 matmuls then ran on one core (measured 2x slower; oneDNN's bf16
-            # ones were not affected). Re-apply the engine's count in the calling thread.
+            # OpenMP's thread count is per thread: a caller's thread (the Summarizer's engine
+            # thread) starts at OMP_NUM_THREADS, which Ray sets to the actor's CPUs (1), and
+            # fp32 matmuls then ran on one core (measured 2x slower; oneDNN's bf16 ones were
+            # not affected). Re-apply the engine's count in the calling thread.
             torch.set_num_threads(self._threads)
             self._min_new_tokens = min_new_tokens
             return self._summarize(list(articles), max_new_tokens or self.profile.max_new_tokens)

@@ -2,8 +2,9 @@
 
 Callers send one article per call (``summarize``); ``@serve.batch`` collects up to
 ``max_batch_size`` of them, waiting at most ``batch_wait_timeout_s`` for a batch to fill, and
-hands the list to the engine's batched ``summarize`` in a worker thread (the replica's event
-loop stays free for health checks, ``reconfigure`` and the next batch's arrivals).
+hands the list to the engine's batched ``summarize`` on the engine's own thread (the replica's
+event loop stays free for health checks, ``reconfigure`` and the next batch's arrivals; one
+thread for the load and every call, see ``__init__``).
 
 ``user_config`` (:class:`SummarizerConfig`) is applied by ``reconfigure`` without a restart:
 the batch size and wait through ``set_max_batch_size`` / ``set_batch_wait_timeout_s``, and the
