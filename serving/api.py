@@ -540,6 +540,7 @@ def _item(stored: StoredArticle) -> ArticleItem:
         published=a.published,
         language=a.language,
         summary=r.summary,
+        method=r.method,
         importance=r.importance,
         topics=r.topics,
         rank=stored.rank or 0.0,

@@ -169,6 +169,31 @@ def compute_prefix_cache(
     return PrefixCache(ids=tuple(prefix_ids), layers=layers)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Sampled decoding instead of greedy: ``temperature``, nucleus ``top_p``, and one seed
+    per prompt. Each row draws from its own ``torch.Generator``, so a row's tokens depend on
+    its prompt and seed only, not on what shares its batch."""
+
+    temperature: float
+    top_p: float
+    seeds: tuple[int, ...]
+
+
+def _choose(logits: torch.Tensor, sampling: Sampling | None, generators: list) -> torch.Tensor:
+    """The next token of each row: the argmax, or a draw from the row's own generator."""
+    if sampling is None:
+        return logits.argmax(-1)
+    chosen = logits.argmax(-1).cpu()
+    scaled = (logits.float() / sampling.temperature).softmax(-1).cpu()
+    for row, generator in enumerate(generators):
+        probs, order = scaled[row].sort(descending=True)
+        keep = probs.cumsum(0) - probs < sampling.top_p  # the smallest set reaching top_p
+        probs = torch.where(keep, probs, torch.zeros_like(probs))
+        chosen[row] = order[torch.multinomial(probs, 1, generator=generator)]
+    return chosen.to(logits.device)
+
+
 @torch.inference_mode()
 def greedy_decode(
     model: torch.nn.Module,
@@ -185,6 +210,7 @@ def greedy_decode(
     repetition_penalty: float = 1.0,
     slots: int | None = None,
     cache_dtype: torch.dtype | None = None,
+    sampling: Sampling | None = None,
 ) -> DecodeOutput:
     """Greedy-decode a batch of prompts (token id lists); see the module docstring.
 
@@ -201,6 +227,8 @@ def greedy_decode(
     own (batch invariance by construction, module docstring); None: the batch's longest
     prompt, all prefilled together (one big matmul: what a GPU wants).
     ``cache_dtype``: dtype of the KV cache when it differs from the model's.
+    ``sampling``: draw each token (temperature, top-p, a seed per prompt) instead of the
+    argmax: training's self-verified teacher samples candidates this way.
     """
     device = next(model.parameters()).device
     batch = len(prompts)
@@ -275,6 +303,11 @@ def greedy_decode(
     generated: list[torch.Tensor] = []
     ones = torch.ones((batch, 1), dtype=torch.long, device=device)
     steps = 0
+    generators = []
+    if sampling is not None:
+        if len(sampling.seeds) != real:
+            raise ValueError(f"{len(sampling.seeds)} seeds for {real} prompts")
+        generators = [torch.Generator().manual_seed(seed) for seed in sampling.seeds]
     seen = (
         torch.zeros((batch, logits.shape[-1]), dtype=torch.bool, device=device)
         if repetition_penalty != 1.0
@@ -290,7 +323,9 @@ def greedy_decode(
             logits[:, list(suppress_first)] = float("-inf")
         if step < min_new_tokens:
             logits[:, eos_id] = float("-inf")
-        next_ids = logits.argmax(-1)
+        next_ids = _choose(logits[:real], sampling, generators)
+        if real < batch:  # the idle row
+            next_ids = torch.cat([next_ids, next_ids.new_full((batch - real,), pad_id)])
         next_ids = torch.where(done, torch.full_like(next_ids, pad_id), next_ids)
         generated.append(next_ids)
         if seen is not None:

@@ -13,10 +13,14 @@ engine; the Serve replica serialises calls). Internally: prompts are built by
 :mod:`serving.prompt`; articles are sorted by prompt length into micro-batches of
 ``max_batch_size``; each micro-batch is decoded greedily by :mod:`serving.decoding` (or by
 ``model.generate`` when the profile's DeepSpeed kernel injection replaces the attention
-modules); outputs are parsed; a failed output (empty, an echo of the prompt, unparsable) is
-retried once with the first token constrained, then becomes an ``ArticleError`` for that
-article only. Any exception inside a micro-batch is contained to it: its articles are redone
-one by one so that one bad article cannot take the others down.
+modules). Then the guard (the profile's ``guard``): each output is parsed, its meta phrasing
+repaired and checked by :mod:`serving.verifier`; an output that does not parse (empty, an echo
+of the prompt) is retried once with the first token constrained (``guard.retry: failed``
+retries every failing one); a summary that still fails is replaced by the article's own most
+central lead sentences (:mod:`serving.extractive`), and the Result says so (``method``,
+``verification``). Only an article without a sentence to take ends as ``generation_failed``.
+Any exception inside a micro-batch is contained to it: its articles are redone one by one so
+that one bad article cannot take the others down.
 
 Loading: transformers ``AutoModelForCausalLM.from_pretrained(folder, dtype=...)``, tokenizer
 with ``padding_side="left"``, a PEFT LoRA adapter when given (the profile's or the caller's),
@@ -33,24 +37,28 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from ingestion.article import Article
 from ingestion.settings import Settings
 from serving import prompt as prompt_mod
+from serving import verifier
 from serving.attention import use_engine_attention
 from serving.decoding import (
     DecodeOutput,
     PrefixCache,
+    Sampling,
     compute_prefix_cache,
     greedy_decode,
     left_pad,
 )
+from serving.extractive import extractive_summary
 from serving.importance import ArticleSignals, ImportanceScorer, blend, model_rating_to_score
 from serving.model_source import prepare_model
 from serving.profiles import ModelProfile, load_profile, resolve_dtype
@@ -67,6 +75,46 @@ class _Pending:
     index: int
     article: Article
     prompt: prompt_mod.Prompt
+    evidence: verifier.Evidence
+
+
+@dataclass
+class _Judged:
+    """One article's summary so far: the text and its report, or why there is none yet.
+    ``rejection`` is None when the summary may be served."""
+
+    summary: str | None
+    report: verifier.VerifierReport | None
+    rejection: str | None
+    method: Literal["abstractive", "extractive"] = "abstractive"
+
+    @property
+    def failures(self) -> list[str]:
+        """The failure codes of a rejected summary ("unparsable" when it did not parse)."""
+        return list(self.report.failures) if self.report is not None else ["unparsable"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sampled summary of an article (:meth:`SummarizeEngine.sample`): the seed that drew
+    it, the raw text, the parsed and repaired summary (None when it does not parse) and the
+    verifier's report on it."""
+
+    seed: int
+    text: str
+    summary: str | None
+    report: verifier.VerifierReport | None
+
+    @property
+    def passed(self) -> bool:
+        return self.report is not None and self.report.passed
+
+
+def candidate_seed(seed: int, content_hash: str, index: int) -> int:
+    """The seed of an article's ``index``-th candidate: a function of the run's seed and the
+    article's content only, so a rerun (or a resumed one) draws the same candidates."""
+    digest = hashlib.sha256(f"{seed}:{content_hash}:{index}".encode()).hexdigest()
+    return int(digest[:8], 16)
 
 
 def _resolve_device(profile: ModelProfile) -> torch.device:
@@ -137,6 +185,8 @@ class SummarizeEngine:
         # each costs a second decode of its micro-batch's failed rows (benchmarks report it).
         self.retries_total = 0
         self.retry_seconds_total = 0.0
+        # Results served, by (method, verdict): what users saw (Summarizer.info, benchmarks).
+        self.outcomes: Counter[tuple[str, str]] = Counter()
         self._prefix: PrefixCache | None = None
         self._eos_id = int(tokenizer.convert_tokens_to_ids("<|im_end|>"))
         if self._eos_id == tokenizer.unk_token_id:
@@ -321,7 +371,15 @@ class SummarizeEngine:
 
     @property
     def prompt_version(self) -> str:
-        return prompt_mod.PROMPT_VERSION
+        """The prompt and the guard that judged its output: ``summarize-v2+verify-v1``
+        (``+verify-v1-report`` when the profile serves failing summaries too, the bare prompt
+        version when its guard is off). Results, caches and the store are keyed by it, so a
+        new verifier never serves an older Result."""
+        mode = self.profile.guard.mode
+        if mode == "off":
+            return prompt_mod.PROMPT_VERSION
+        guard = verifier.VERIFIER_VERSION + ("-report" if mode == "report" else "")
+        return f"{prompt_mod.PROMPT_VERSION}+{guard}"
 
     @property
     def max_batch_size(self) -> int:
@@ -348,6 +406,78 @@ class SummarizeEngine:
             torch.set_num_threads(self._threads)
             self._min_new_tokens = min_new_tokens
             return self._summarize(list(articles), max_new_tokens or self.profile.max_new_tokens)
+
+    def sample(
+        self,
+        articles: Sequence[Article],
+        *,
+        k: int,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        seed: int = 0,
+        max_new_tokens: int | None = None,
+    ) -> list[list[Candidate] | ArticleError]:
+        """``k`` sampled summaries of each article, each parsed, repaired and verified (the
+        profile's ``min_support``), in seed order; an ArticleError for unusable input.
+
+        Training's self-verified teacher keeps the best that passes. All candidates of all
+        articles go through the decode loop together, in micro-batches of the profile's
+        size; each row draws from its own generator seeded by :func:`candidate_seed`, so an
+        article's candidates do not depend on what they were batched with. Needs the engine's
+        own decode loop: not with DeepSpeed kernel injection or tensor parallelism."""
+        if self._use_generate:
+            raise ValueError(
+                "sampling candidates needs the engine's decode loop; this profile decodes "
+                "with model.generate (DeepSpeed kernel injection / tensor parallelism)"
+            )
+        with self._lock:
+            torch.set_num_threads(self._threads)
+            budget = max_new_tokens or self.profile.max_new_tokens
+            out: list[list[Candidate] | ArticleError] = []
+            rows: list[tuple[_Pending, int]] = []
+            for index, article in enumerate(articles):
+                try:
+                    built = prompt_mod.build_prompt(
+                        self.tokenizer, article, self.profile.max_prompt_tokens
+                    )
+                except prompt_mod.InputError as exc:
+                    out.append(self._error(article, exc.code, str(exc)))
+                    continue
+                out.append([])
+                item = _Pending(index, article, built, verifier.Evidence.of(article))
+                rows += [(item, candidate_seed(seed, article.content_hash, j)) for j in range(k)]
+            rows.sort(key=lambda r: -len(r[0].prompt.ids))  # stable: seed order kept
+            size = self.profile.max_batch_size
+            min_support = self.profile.guard.min_support
+            for start in range(0, len(rows), size):
+                chunk = rows[start : start + size]
+                decoded = greedy_decode(
+                    self._model,
+                    [item.prompt.ids for item, _ in chunk],
+                    pad_id=self._pad_id,
+                    eos_id=self._eos_id,
+                    max_new_tokens=budget,
+                    prefix=self._prefix,
+                    suppress_first=self._first_suppress,
+                    slots=self._slots,
+                    cache_dtype=self._cache_dtype,
+                    sampling=Sampling(temperature, top_p, tuple(s for _, s in chunk)),
+                )
+                for (item, row_seed), tokens in zip(chunk, decoded.tokens, strict=True):
+                    text = self._text(tokens)
+                    summary, report = None, None
+                    try:
+                        parsed = prompt_mod.parse_output(text, item.article)
+                    except prompt_mod.OutputError:
+                        pass
+                    else:
+                        summary, report = verifier.check(
+                            parsed.summary, item.evidence, min_support=min_support
+                        )
+                    found = out[item.index]
+                    assert isinstance(found, list)
+                    found.append(Candidate(row_seed, text, summary, report))
+            return out
 
     def _error(self, article: Article, code: str, message: str) -> ArticleError:
         return ArticleError(
@@ -378,7 +508,7 @@ class SummarizeEngine:
                 log.exception("prompt building failed")
                 outcomes[index] = self._error(article, "invalid_input", f"cannot read: {exc}")
                 continue
-            pending.append(_Pending(index, article, built))
+            pending.append(_Pending(index, article, built, verifier.Evidence.of(article)))
 
         # Longest first, so each micro-batch holds similar lengths (little padding).
         pending.sort(key=lambda p: (-len(p.prompt.ids), p.index))
@@ -487,22 +617,67 @@ class SummarizeEngine:
     def _text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    # --- the guard: parse, repair, verify; retry; extractive fallback -----------------------
+
+    def _judge(self, text: str, item: _Pending) -> _Judged:
+        """Parse one generated text and check it against its article."""
+        try:
+            parsed = prompt_mod.parse_output(text, item.article)
+        except prompt_mod.OutputError as exc:
+            return _Judged(None, None, f"unparsable: {exc}")
+        guard = self.profile.guard
+        if guard.mode == "off":
+            return _Judged(parsed.summary, None, None)
+        summary, report = verifier.check(
+            parsed.summary, item.evidence, min_support=guard.min_support
+        )
+        report.repairs = [*parsed.repairs, *report.repairs]
+        acceptable = report.passed or guard.mode == "report"
+        return _Judged(summary, report, None if acceptable else "; ".join(report.reasons))
+
+    def _count_tokens(self, text: str) -> int:
+        return len(prompt_mod._encode(self.tokenizer, text))
+
+    def _extractive(self, item: _Pending, attempts: list[_Judged]) -> _Judged:
+        """The article's own sentences, with the reasons the model's ``attempts`` failed."""
+        guard = self.profile.guard
+        rejected = [
+            f"{'first' if n == 0 else 'retry'}: {a.rejection}" for n, a in enumerate(attempts)
+        ]
+        summary = extractive_summary(
+            item.article,
+            budget_tokens=self.profile.max_new_tokens,
+            count_tokens=self._count_tokens,
+            embed=self._scorer.embed,
+            max_sentences=guard.extractive_sentences,
+            window=guard.extractive_window,
+        )
+        if summary is None:
+            return _Judged(None, None, "; ".join(rejected) or "no sentence to extract")
+        report = verifier.verify(summary, item.evidence, min_support=guard.min_support)
+        report.rejected = rejected
+        codes = dict.fromkeys(code for a in attempts for code in a.failures)
+        report.rejected_failures = list(codes)  # type: ignore[arg-type]
+        return _Judged(summary, report, None, method="extractive")
+
     def _process(
         self, chunk: list[_Pending], max_new_tokens: int, called: float
     ) -> list[Result | ArticleError]:
         batch_started = time.perf_counter()
         decoded = self._decode([p.prompt.ids for p in chunk], max_new_tokens)
-        texts = [self._text(t) for t in decoded.tokens]
+        guard_s = 0.0
+        started = time.perf_counter()
         probs = decoded.rating_probs.clone() if decoded.rating_probs is not None else None
-        parsed: list[prompt_mod.ParsedOutput | None] = []
-        failed: list[int] = []
-        for row, item in enumerate(chunk):
-            try:
-                parsed.append(prompt_mod.parse_output(texts[row], item.article))
-            except prompt_mod.OutputError:
-                parsed.append(None)
-                failed.append(row)
-        reasons: dict[int, str] = {}
+        judged = [
+            self._judge(self._text(tokens), item)
+            for tokens, item in zip(decoded.tokens, chunk, strict=True)
+        ]
+        attempts = [[j] for j in judged]  # every judged output of each row, in order
+        retry_all = self.profile.guard.retry == "failed"
+        failed = [
+            row for row, j in enumerate(judged) if j.rejection and (j.summary is None or retry_all)
+        ]
+        guard_s += time.perf_counter() - started
         if failed:
             self.retries_total += len(failed)
             retry_started = time.perf_counter()
@@ -511,14 +686,22 @@ class SummarizeEngine:
             decoded.prefill_s += retry.prefill_s
             decoded.decode_s += retry.decode_s
             decoded.rating_s += retry.rating_s
+            started = time.perf_counter()
             for k, row in enumerate(failed):
-                text = self._text(retry.tokens[k])
-                try:
-                    parsed[row] = prompt_mod.parse_output(text, chunk[row].article)
+                second = self._judge(self._text(retry.tokens[k]), chunk[row])
+                attempts[row].append(second)
+                if second.rejection is None or judged[row].summary is None:
+                    # a retry that passes, or the only parsed text the model gave
+                    judged[row] = second
                     if probs is not None and retry.rating_probs is not None:
                         probs[row] = retry.rating_probs[k]
-                except prompt_mod.OutputError as exc:
-                    reasons[row] = str(exc)
+            guard_s += time.perf_counter() - started
+        started = time.perf_counter()
+        for row, j in enumerate(judged):
+            # enforce: what failed is replaced; report and off: only what did not parse
+            if j.rejection is not None and (self.profile.guard.mode == "enforce" or not j.summary):
+                judged[row] = self._extractive(chunk[row], attempts[row])
+        guard_s += time.perf_counter() - started
         started = time.perf_counter()
         signals: list[ArticleSignals] = self._scorer.signals([p.article for p in chunk])
         embed_s = time.perf_counter() - started
@@ -526,23 +709,24 @@ class SummarizeEngine:
         weights = self.profile.importance.normalised()
         out: list[Result | ArticleError] = []
         for row, item in enumerate(chunk):
-            result = parsed[row]
-            if result is None:
+            j = judged[row]
+            if j.summary is None:
                 out.append(
                     self._error(
-                        item.article,
-                        "generation_failed",
-                        f"no usable summary after one retry ({reasons.get(row, 'unparsable')})",
+                        item.article, "generation_failed", f"no usable summary ({j.rejection})"
                     )
                 )
                 continue
+            self.outcomes[(j.method, j.report.verdict if j.report else "none")] += 1
             model_score = model_rating_to_score(probs[row]) if probs is not None else 0.0
             sig = signals[row]
             out.append(
                 Result(
                     article_id=item.article.id,
                     content_hash=item.article.content_hash,
-                    summary=result.summary,
+                    summary=j.summary,
+                    method=j.method,
+                    verification=j.report,
                     importance=blend(model_score, sig.prior, weights),
                     importance_parts=ImportanceParts(
                         model=round(min(100.0, max(0.0, model_score)), 2),
@@ -560,6 +744,7 @@ class SummarizeEngine:
                         prefill_ms=round(decoded.prefill_s * 1000, 1),
                         generate_ms=round(decoded.decode_s * 1000, 1),
                         importance_ms=round((decoded.rating_s + embed_s) * 1000, 1),
+                        guard_ms=round(guard_s * 1000, 1),
                         total_ms=round((finished - called) * 1000, 1),
                     ),
                 )

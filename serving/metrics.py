@@ -16,6 +16,8 @@ from functools import cache
 
 from ray.util import metrics as ray_metrics
 
+from serving.result import Result
+
 LATENCY_BOUNDARIES_MS = [
     1,
     2,
@@ -99,6 +101,52 @@ def loop_articles() -> ray_metrics.Counter:
         description="Articles the summarization loop sent through the Summarizer, by outcome.",
         tag_keys=("outcome",),
     )
+
+
+@cache
+def summaries() -> ray_metrics.Counter:
+    return ray_metrics.Counter(
+        "newsdesk_summaries_total",
+        description="Results served by the Summarizer, by method (abstractive: the model's "
+        "summary; extractive: the article's sentences) and the verifier's verdict on the "
+        "served summary (none: guard off).",
+        tag_keys=("method", "verdict"),
+    )
+
+
+@cache
+def verifier_failures() -> ray_metrics.Counter:
+    return ray_metrics.Counter(
+        "newsdesk_verifier_failures_total",
+        description="Results whose model summary failed the verifier, by failure code "
+        "(low_support, unsupported_name, ..., unparsable); once per Result and code.",
+        tag_keys=("failure",),
+    )
+
+
+def model_failures(result: Result) -> list[str]:
+    """Why the verifier failed the model's summary behind ``result`` (codes, each once): its
+    report's failures for a served model summary (guard mode ``report``), the codes of the
+    rejected attempts for an extractive Result; empty when the model's summary passed."""
+    report = result.verification
+    if report is None:
+        return []
+    if result.method == "abstractive":
+        return list(dict.fromkeys(report.failures))
+    return list(report.rejected_failures)
+
+
+def count_results(results: list[Result]) -> _Counter[str]:
+    """Count served Results in ``summaries`` and ``verifier_failures``; returns the failure
+    codes counted."""
+    failures: _Counter[str] = _Counter()
+    for result in results:
+        verdict = result.verification.verdict if result.verification else "none"
+        summaries().inc(tags={"method": result.method, "verdict": verdict})
+        failures.update(model_failures(result))
+    for code, n in failures.items():
+        verifier_failures().inc(n, tags={"failure": code})
+    return failures
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:

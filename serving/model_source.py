@@ -101,6 +101,10 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
 
 def prepare_model(profile: ModelProfile, settings: Settings) -> Path:
     """A transformers folder for ``profile``, converting or downloading it the first time."""
+    if profile.device == "cpu":
+        # save_pretrained (accelerate) imports deepspeed, which picks its accelerator on first
+        # import: a CPU profile must not make it probe for CUDA (and log to stdout about it).
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     source = settings.model_source or profile.source
     if source.startswith("package:"):
         return _prepare_package(profile, settings, source.removeprefix("package:"))

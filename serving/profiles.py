@@ -17,6 +17,8 @@ training (training reads ``lora_target_modules`` and ``max_prompt_tokens`` from 
 - ``cpu``: optional speed-ups of the decode loop (prefix KV cache reuse, int8 variants).
 - ``extends``: another profile's name; this file then lists only what differs (nested
   sections merge key by key).
+- ``guard``: the verifier's threshold and what is served when a summary fails it (retry,
+  extractive fallback), the same for every model size.
 - ``importance``: blend weights of the model's own rating and the embedding prior (see
   :mod:`serving.importance`); they need not sum to 1, they are normalised.
 
@@ -117,6 +119,33 @@ class CpuOptions(BaseModel):
     )
 
 
+class GuardOptions(BaseModel):
+    """What the engine serves when the model's summary is not faithful (README "Quality"):
+    every summary is checked by :mod:`serving.verifier`; a failing one is retried (per
+    ``retry``), then replaced by an extractive summary (:mod:`serving.extractive`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["enforce", "report", "off"] = Field(
+        default="enforce",
+        description="enforce: only summaries that pass are served, else the extractive one; "
+        "report: the model's summary is served whatever its report says; off: the model "
+        "alone, unverified (the benchmark's baseline).",
+    )
+    min_support: float = Field(
+        default=0.85, ge=0, le=1, description="Least share of content words in the article."
+    )
+    retry: Literal["unparsable", "failed"] = Field(
+        default="unparsable",
+        description="Which first passes get a second decode: only those that do not parse "
+        "(empty, an echo of the prompt), or every one that fails the verifier.",
+    )
+    extractive_sentences: int = Field(default=2, ge=1, le=5)
+    extractive_window: int = Field(
+        default=5, ge=1, le=20, description="The fallback picks among this many lead sentences."
+    )
+
+
 class ModelProfile(BaseModel):
     """One model deployment. See the module docstring for the meaning of each field."""
 
@@ -140,6 +169,7 @@ class ModelProfile(BaseModel):
     adapter: str | None = Field(default=None, description="PEFT adapter folder to apply.")
     importance: ImportanceWeights = Field(default_factory=ImportanceWeights)
     cpu: CpuOptions = Field(default_factory=CpuOptions)
+    guard: GuardOptions = Field(default_factory=GuardOptions)
 
     @model_validator(mode="after")
     def _package_needs_file(self) -> ModelProfile:

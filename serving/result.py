@@ -29,10 +29,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving.verifier import VerifierReport
+
 ErrorCode = Literal[
     "empty_input",  # no usable text after normalisation (empty, whitespace, markup only)
     "invalid_input",  # not text (binary garbage) or otherwise unusable
-    "generation_failed",  # empty / prompt-repeating / unparsable output, after one retry
+    "generation_failed",  # no summary at all: the model's failed and the text has no sentence
     "internal_error",  # an unexpected exception for this article (the batch goes on)
 ]
 
@@ -46,6 +48,9 @@ class Timings(BaseModel):
     prefill_ms: float = Field(default=0.0, ge=0, description="Prompt forward pass (its batch).")
     generate_ms: float = Field(default=0.0, ge=0, description="Decoding (its batch).")
     importance_ms: float = Field(default=0.0, ge=0, description="Rating + embeddings (batch).")
+    guard_ms: float = Field(
+        default=0.0, ge=0, description="Parsing, verifying and any extractive fallback (batch)."
+    )
     total_ms: float = Field(default=0.0, ge=0, description="From summarize() call to result.")
 
 
@@ -64,7 +69,11 @@ class ImportanceParts(BaseModel):
 
 
 class Result(BaseModel):
-    """A faithful short summary of one article with its importance and topics."""
+    """A faithful short summary of one article with its importance and topics.
+
+    ``summary`` is either the model's (``method`` abstractive, passed by the verifier) or the
+    article's own lead sentences (extractive); ``verification`` says what was checked.
+    """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -72,6 +81,16 @@ class Result(BaseModel):
     article_id: int | None = None
     content_hash: str
     summary: str = Field(min_length=1, max_length=2_000, description="1-3 sentences.")
+    method: Literal["abstractive", "extractive"] = Field(
+        default="abstractive",
+        description="abstractive: the model's summary, passed by the verifier; extractive: "
+        "the article's own sentences, because the model's summaries did not pass.",
+    )
+    verification: VerifierReport | None = Field(
+        default=None,
+        description="The verifier's report on this summary (None only on Results stored "
+        "before the verifier existed).",
+    )
     importance: float = Field(ge=0, le=100, description="0-100; see the module docstring.")
     importance_parts: ImportanceParts
     topics: list[str] = Field(default_factory=list, max_length=3)

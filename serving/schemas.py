@@ -78,6 +78,10 @@ class ArticleItem(BaseModel):
     published: datetime | None
     language: str | None
     summary: str
+    method: Literal["abstractive", "extractive"] = Field(
+        description="abstractive: the model's summary; extractive: the article's own "
+        "sentences (the model's summary failed the verifier, see result.verification)."
+    )
     importance: float
     topics: list[str]
     rank: float = Field(description="importance x 0.5 ** (age_h / half-life): the sort key.")

@@ -290,24 +290,52 @@ class ResultStore:
         return stored
 
     async def rates(self) -> dict[str, Any]:
-        """Throughput from the table itself: the same for every replica that asks."""
+        """Throughput from the table itself: the same for every replica that asks.
+
+        The last day's Results also by ``method`` (abstractive: the model's summary;
+        extractive: the article's sentences, the model's failed the verifier) and by the
+        verifier's ``verdict``; Results stored before the verifier have neither a method (they
+        are the model's) nor a report (``unverified``).
+        """
         row = await self.pool.fetchrow(
             """
-            SELECT
-              (SELECT count(*) FROM results WHERE status = 'ok'
-                 AND created_at > now() - interval '1 day') AS summarized_24h,
+            WITH ok AS (
+              SELECT COALESCE(result->>'method', 'abstractive') AS method,
+                     COALESCE(result->'verification'->>'verdict', 'unverified') AS verdict
+              FROM results WHERE status = 'ok' AND created_at > now() - interval '1 day'
+            )
+            SELECT q.*,
               (SELECT count(*) FROM results WHERE status = 'ok'
                  AND created_at > now() - interval '1 hour') AS summarized_1h,
               (SELECT count(*) FROM results WHERE status = 'error'
                  AND updated_at > now() - interval '1 day') AS failed_24h,
               (SELECT count(*) FROM articles
                  WHERE fetched_at > now() - interval '1 day') AS ingested_24h
+            FROM (
+              SELECT count(*) AS summarized_24h,
+                     count(*) FILTER (WHERE method = 'abstractive') AS abstractive,
+                     count(*) FILTER (WHERE method = 'extractive') AS extractive,
+                     count(*) FILTER (WHERE verdict = 'pass') AS pass,
+                     count(*) FILTER (WHERE verdict = 'fail') AS fail,
+                     count(*) FILTER (WHERE verdict = 'unverified') AS unverified
+              FROM ok
+            ) q
             """
         )
         assert row is not None
+        summarized = row["summarized_24h"]
         return {
-            "summarized_24h": row["summarized_24h"],
+            "summarized_24h": summarized,
             "articles_per_day_last_hour": row["summarized_1h"] * 24,
             "failed_24h": row["failed_24h"],
             "ingested_24h": row["ingested_24h"],
+            "methods_24h": {"abstractive": row["abstractive"], "extractive": row["extractive"]},
+            "verdicts_24h": {
+                "pass": row["pass"],
+                "fail": row["fail"],
+                "unverified": row["unverified"],
+            },
+            "abstractive_share_24h": (
+                round(row["abstractive"] / summarized, 4) if summarized else None
+            ),
         }

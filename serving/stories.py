@@ -54,6 +54,7 @@ EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
 STORIES_LOCK_KEY = 7_231_005  # advisory-lock id of story assignment (005: stories)
 DEFAULT_WINDOW = timedelta(hours=24)
 Backend = Literal["pgvector", "array"]
+Method = Literal["abstractive", "extractive"]
 
 # --- embeddings -----------------------------------------------------------------------------
 
@@ -442,6 +443,11 @@ class StoryArticle(BaseModel):
     source: str | None
     published: datetime
     summary: str | None = Field(description="None while it waits for its summary.")
+    method: Method | None = Field(
+        default=None,
+        description="The summary's Result method: abstractive (the model's) or extractive "
+        "(the article's own sentences: the model's summary failed the verifier).",
+    )
     importance: float | None
     topics: list[str]
     joined_by: str = Field(description="founder, duplicate (same text) or similar (embedding).")
@@ -452,6 +458,9 @@ class Story(BaseModel):
     id: int
     title: str = Field(description="The title of its most important article.")
     summary: str
+    method: Method = Field(
+        default="abstractive", description="The summary's method (see StoryArticle.method)."
+    )
     link: str
     importance: float
     mean_importance: float
@@ -491,7 +500,9 @@ class StoryList(BaseModel):
 
 _LATEST_RESULT = """
 LEFT JOIN LATERAL (
-    SELECT summary, importance, topics FROM results r
+    SELECT summary, importance, topics,
+           COALESCE(result->>'method', 'abstractive') AS method
+    FROM results r
     WHERE r.article_id = a.id AND r.status = 'ok'
     ORDER BY r.updated_at DESC LIMIT 1
 ) r ON true
@@ -537,7 +548,7 @@ LIMIT $9
 
 _MEMBERS = f"""
 SELECT sa.story_id, sa.joined_by, sa.similarity, a.id, a.title, a.url, a.source, a.feed_id,
-       a.published_at, r.summary, r.importance, r.topics
+       a.published_at, r.summary, r.method, r.importance, r.topics
 FROM story_articles sa
 JOIN articles a ON a.id = sa.article_id
 {_LATEST_RESULT}
@@ -625,6 +636,7 @@ async def list_stories(
                     source=m["source"],
                     published=m["published_at"],
                     summary=m["summary"],
+                    method=m["method"],
                     importance=m["importance"],
                     topics=list(m["topics"] or []),
                     joined_by=m["joined_by"],
@@ -651,6 +663,7 @@ async def list_stories(
                 id=sid,
                 title=lead.title or (lead.summary or "")[:120],
                 summary=lead.summary or "",
+                method=lead.method or "abstractive",
                 link=lead.link,
                 importance=round(importance, 2),
                 mean_importance=round(float(r["mean_importance"]), 2),

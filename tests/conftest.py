@@ -139,3 +139,29 @@ def engine(prepared_model_dir: Path, engine_settings: Settings):  # type: ignore
     from serving.engine import SummarizeEngine
 
     return SummarizeEngine.load("cpu-small", engine_settings)
+
+
+@pytest.fixture
+def summarizer(engine, settings: Settings):  # type: ignore[no-untyped-def]
+    """A Summarizer (plain Python, no Ray) on the session engine, in a replica context."""
+    from serving.deployments.summarizer import Summarizer
+    from serving.local import replica_context
+
+    with replica_context():
+        yield Summarizer("cpu-small", settings, engine=engine)
+    engine.set_adapter(None)  # the session engine is shared: leave it as found
+
+
+@pytest.fixture
+async def api(summarizer, settings: Settings):  # type: ignore[no-untyped-def]
+    """An HTTP client on the in-process API (LocalBackend) over ``summarizer``."""
+    import httpx
+
+    from serving.local import LocalBackend, local_app
+
+    backend = LocalBackend(settings, summarizer)
+    await backend.startup()
+    transport = httpx.ASGITransport(app=local_app(backend))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api", timeout=600) as c:
+        yield c
+    await backend.shutdown()

@@ -53,7 +53,12 @@ def test_long_text_is_cut_to_the_budget_keeping_its_beginning(tokenizer, budget:
 def test_one_megabyte_article_is_cheap_and_within_budget(tokenizer) -> None:
     import time
 
-    text = ("The council met on Tuesday to discuss the budget for next year. " * 16_000)[:1_000_000]
+    # numbered, so that it is language (one sentence said 16,000 times is not: the input gate
+    # refuses it, tests/test_input_gate.py)
+    text = " ".join(
+        f"The council met on Tuesday to discuss item {i} of the budget for next year."
+        for i in range(16_000)
+    )[:1_000_000]
     started = time.perf_counter()
     built = P.build_prompt(tokenizer, _article(text), 512)
     assert time.perf_counter() - started < 2.0  # never tokenizes the whole megabyte
@@ -176,7 +181,12 @@ def test_parse_output_rejects_empty_short_and_echoes(raw: str) -> None:
 
 
 def test_training_example_uses_exactly_the_serving_prompt(tokenizer) -> None:
-    article = _article("A storm hit the coast on Monday, cutting power to 10,000 homes. " * 40)
+    article = _article(
+        " ".join(
+            f"A storm hit the coast on Monday, cutting power to 10,000 homes in district {i}."
+            for i in range(40)
+        )
+    )
     target = "A storm cut power to 10,000 coastal homes on Monday."
     prompt_ids, completion = P.format_training_example(tokenizer, article, target, 384)
     assert prompt_ids == P.build_prompt(tokenizer, article, 384).ids

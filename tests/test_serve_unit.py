@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -17,21 +16,12 @@ from ingestion.article import Article
 from ingestion.settings import Settings
 from serving.cache import SummaryCache
 from serving.deployments.summarizer import Summarizer
-from serving.local import LocalBackend, local_app, replica_context
 from serving.lookup import LookupService, VersionTracker
 from serving.result import ArticleError, Result
 from serving.store import ResultStore
 from serving.summarize_loop import SummarizationLoop
 from serving.versions import Versions
 from tests.serve_support import RedisServer, sample_article, store_articles
-
-
-@pytest.fixture
-def summarizer(engine, settings: Settings) -> Iterator[Summarizer]:  # type: ignore[no-untyped-def]
-    with replica_context():
-        s = Summarizer("cpu-small", settings, engine=engine)
-        yield s
-    engine.set_adapter(None)  # the session engine is shared: leave it as found
 
 
 def _tracker(summarizer: Summarizer) -> VersionTracker:
@@ -158,16 +148,6 @@ async def test_lookup_tiers_call_the_model_once(summarizer: Summarizer, settings
             await cache.close()
         await store.close()
         redis_server.stop()
-
-
-@pytest.fixture
-async def api(summarizer: Summarizer, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    backend = LocalBackend(settings, summarizer)
-    await backend.startup()
-    transport = httpx.ASGITransport(app=local_app(backend))
-    async with httpx.AsyncClient(transport=transport, base_url="http://api", timeout=600) as c:
-        yield c
-    await backend.shutdown()
 
 
 async def test_api_end_to_end_in_process(api: httpx.AsyncClient, summarizer: Summarizer) -> None:

@@ -3,6 +3,7 @@ after a crash, the split by story, and bad lines in pairs files."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +64,9 @@ async def test_lead_pairs_from_postgres_resume_after_crash(lee_in_db: Settings, 
     report = await generate(articles, LeadTeacher(), out, val_fraction=0.3, progress=False)
     assert report.partial_lines_dropped == 1
     assert report.already_done == 15
+    # every lead target passes the verifier (the article's own sentences)
+    assert first.skipped_unfaithful == report.skipped_unfaithful == 0
+    assert report.skipped_extractive == 0 and not report.unfaithful
     assert report.written["train"] + report.written["val"] == len(articles) - 15
     pairs = _pairs(out)
     ids = [p["article_id"] for p in pairs]
@@ -194,3 +198,124 @@ def test_pair_writer_never_leaves_a_partial_line(tmp_path: Path):
     writer.close()
     records = [r for _, r, err in iter_jsonl(tmp_path / "train.jsonl")]
     assert [r["article_id"] for r in records] == [1, 3]
+
+
+PAKISTAN = (
+    "President General Pervez Musharraf says Pakistan wants to defuse the brewing crisis with "
+    'India, but was prepared to respond vigorously to any attack. "Pakistan stands for peace, '
+    'Pakistan wants peace, Pakistan wants to reduce tension," he said. India has massed troops '
+    "along the border after an attack on its parliament in New Delhi last week."
+)
+
+
+async def test_lead_teacher_targets_pass_the_verifier_or_are_dropped(tmp_path: Path):
+    quoted = Article(id=1, title="Musharraf wants peace with India", text=PAKISTAN, source="ABC")
+    # two sentences would repeat "peace pakistan wants": the lead is cut to the first
+    label = await LeadTeacher().label(quoted)
+    assert label.summary == PAKISTAN.split(' "')[0] and label.teacher_version == "lead-v2"
+    looping = Article(
+        id=2,
+        title="Chant at the rally",
+        text="Crowds chanted peace now, peace now, peace now, peace now outside the building. "
+        "Police said the rally in the city centre was peaceful and ended before midnight, "
+        "with no arrests made and traffic restored by the early morning.",
+    )
+    report = await generate([quoted, looping], LeadTeacher(), tmp_path, progress=False)
+    assert report.skipped_unfaithful == 1 and report.unfaithful == {"repetition": 1}
+    pairs = _pairs(tmp_path)
+    assert [p["article_id"] for p in pairs] == [1]
+    assert pairs[0]["target"]["summary"] == label.summary
+    assert pairs[0]["verification"]["support"] == 1.0
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["skipped_unfaithful"] == 1 and saved["unfaithful"] == {"repetition": 1}
+
+
+def test_verifier_metrics_count_what_is_not_the_models_own_summary_as_a_fail():
+    from types import SimpleNamespace
+
+    from serving.verifier import Evidence, check
+    from train.evaluate import own_summary, verifier_metrics
+
+    article = Article(id=1, title="Musharraf wants peace", text=PAKISTAN, source="ABC")
+    good = "Pakistan wants to defuse the crisis with India, President Musharraf says."
+    invented = "Pakistan and Iran signed a peace treaty in Tehran on Friday."
+    _, passed = check(good, Evidence.of(article))
+    _, failed = check(invented, Evidence.of(article))
+    assert passed.passed and not failed.passed
+    outcomes = [
+        SimpleNamespace(kind="result", summary=good, method="abstractive", verification=passed),
+        SimpleNamespace(kind="result", summary=invented, method="abstractive", verification=failed),
+        # an enforcing guard's fallback: the article's sentences, not the model's summary
+        SimpleNamespace(kind="result", summary="x", method="extractive", verification=passed),
+        SimpleNamespace(kind="error"),
+        # an engine whose guard is off: verified here
+        SimpleNamespace(kind="result", summary=invented, method="abstractive", verification=None),
+    ]
+    judged = [own_summary(o, article, 0.85) for o in outcomes]
+    assert [text for text, _ in judged] == [good, invented, "", "", invented]
+    assert judged[4][1] is not None and judged[4][1].failures == failed.failures
+    metrics = verifier_metrics([report for _, report in judged])
+    assert metrics["pass_rate"] == 0.2 and metrics["verified"] == 3
+    assert metrics["unsupported_names"] == round(2 / 3, 4)
+    assert metrics["mean_support"] == round((passed.support + 2 * failed.support) / 3, 4)
+    assert metrics["failures"]["no_summary"] == 2
+    assert metrics["failures"]["unsupported_name"] == 2
+
+
+def test_rouge_on_pairs_reports_the_pass_rate_of_both_sides(
+    prepared_model_dir: Path, engine_settings: Settings, shared_state_dir: Path, tmp_path: Path
+):
+    """The real engine, in report mode, on lead pairs of real articles; an (untrained) LoRA
+    adapter as the other side."""
+    import torch
+
+    from cluster.sample_data import lee_articles
+    from serving.profiles import load_profile
+    from serving.verifier import Evidence, check
+    from train.evaluate import describe, load_eval_pairs, rouge_on_pairs
+    from train.modeling import add_lora, load_base_model
+
+    texts = lee_articles(shared_state_dir, 2)
+    articles = [
+        Article(id=i + 1, title=" ".join(t.split()[:8]), text=t, source="ABC")
+        for i, t in enumerate(texts)
+    ]
+    pairs = tmp_path / "pairs"
+    asyncio.run(generate(articles, LeadTeacher(), pairs, val_fraction=0.0, progress=False))
+    profile = load_profile("cpu-small")
+    assert profile.guard.mode == "enforce"
+    model = load_base_model(prepared_model_dir, dtype=torch.float32)
+    adapter = tmp_path / "adapter"
+    add_lora(model, r=4, alpha=8, dropout=0.0, targets=profile.lora_target_modules).save_pretrained(
+        adapter
+    )
+    result = rouge_on_pairs(
+        profile, engine_settings, pairs / "train.jsonl", adapter_dir=adapter, limit=2
+    )
+    assert result["rouge_pairs"] == 2
+    assert result["verifier"]["guard_mode"] == "report"  # the model's own summaries
+    assert result["verifier"]["min_support"] == profile.guard.min_support
+    evaluated = [article for article, _ in load_eval_pairs(pairs / "train.jsonl", 2)]
+    for side in ("base", "adapter"):
+        assert 0 <= result[f"pass_rate_{side}"] <= 1
+        assert result[f"verified_{side}"] == 2 - result[f"{side}_errors"]
+        assert 0 <= result[f"mean_support_{side}"] <= 1
+        assert {"unsupported_names", "unsupported_numbers", "failures"} <= {
+            key.removesuffix(f"_{side}") for key in result
+        }
+        # the figures are the verifier's on each summary, as the engine produced it
+        fails = 0
+        for example, article in zip(result["examples"], evaluated, strict=True):
+            summary = example[side]
+            assert summary or example[f"{side}_failures"] == ["no_summary"]
+            if summary:
+                evidence = Evidence.of(article)
+                _, report = check(summary, evidence, min_support=profile.guard.min_support)
+                assert report.failures == example[f"{side}_failures"]
+            fails += bool(example[f"{side}_failures"])
+        assert result[f"pass_rate_{side}"] == round(1 - fails / 2, 4)
+    assert result["pass_rate_gain"] == round(
+        result["pass_rate_adapter"] - result["pass_rate_base"], 4
+    )
+    text = describe(result)
+    assert "verifier pass" in text and "base:" in text and "adapter:" in text

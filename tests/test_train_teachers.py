@@ -4,6 +4,7 @@ with backoff, and counted in the run report; a good answer becomes a pair."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -189,3 +190,113 @@ def test_teacher_json_parsing():
     for bad in ("no json here", "{broken", "[1, 2]"):
         with pytest.raises(TeacherError):
             parse_teacher_json(bad)
+
+
+class ByArticle(Script):
+    """Answers by the article asked about: ``answers[i]`` for "Floods cut off towns {i}"."""
+
+    def next(self, body: dict) -> tuple[float, int, bytes]:
+        with self.lock:
+            self.requests.append(body)
+        match = re.search(r"Floods cut off towns (\d+)", json.dumps(body))
+        assert match, body
+        return self.answers[int(match.group(1))]
+
+
+def _pairs_in(out: Path) -> list[dict]:
+    return [r for s in ("train", "val") for _, r, _ in iter_jsonl(out / f"{s}.jsonl")]
+
+
+async def test_targets_failing_the_verifier_are_dropped_and_counted(server, tmp_path: Path):
+    base, scripts = server
+
+    def answer(summary: str) -> tuple[float, int, bytes]:
+        return (0.0, 200, _chat(json.dumps({"summary": summary, "importance": 60})))
+
+    scripts["/v1/chat/completions"] = ByArticle(
+        [
+            # invented names: the article names no premier and no Queensland
+            answer("Floodwaters have cut off three towns in Queensland, Premier Smith said."),
+            # a loop
+            answer(
+                "Floodwaters have cut off three towns, cut off three towns, cut off three towns."
+            ),
+            # an invented number (the article says 40)
+            answer("Emergency crews rescued 400 people from rooftops after heavy rain."),
+            # meta phrasing that the verifier repairs: stored repaired
+            answer("The article is about floodwaters cutting off three towns after heavy rain."),
+            answer(GOOD_SUMMARY),
+        ]
+    )
+    teacher = OpenAITeacher(f"{base}/v1", "teacher-model", timeout_s=5)
+    out = tmp_path / "pairs"
+    report = await generate(_articles(5), teacher, out, retries=2, progress=False)
+    assert report.skipped_unfaithful == 3 and report.retried == 0
+    assert report.invalid == report.failed == report.skipped_extractive == 0
+    assert report.unfaithful["unsupported_name"] == 1
+    assert report.unfaithful["repetition"] == 1
+    assert report.unfaithful["unsupported_number"] == 1
+    assert sum(report.written.values()) == 2 and report.repaired == 1
+    pairs = {p["article_id"]: p for p in _pairs_in(out)}
+    assert sorted(pairs) == [4, 5]  # the unfaithful targets never became pairs
+    assert pairs[4]["target"]["summary"].startswith("Floodwaters cutting off three towns")
+    assert pairs[5]["target"]["summary"] == GOOD_SUMMARY
+    assert pairs[5]["verification"]["support"] == 1.0
+    assert pairs[4]["verification"]["repairs"] == ["meta lead removed"]
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["skipped_unfaithful"] == 3
+    assert saved["unfaithful"] == {
+        "unsupported_name": 1,
+        "low_support": 1,  # "Queensland", "Premier", "Smith" are words from nowhere too
+        "repetition": 1,
+        "unsupported_number": 1,
+    }
+
+    # a resumed run asks again only for the dropped articles; they are dropped again
+    teacher = OpenAITeacher(f"{base}/v1", "teacher-model", timeout_s=5)
+    again = await generate(_articles(5), teacher, out, retries=2, progress=False)
+    assert again.already_done == 2 and again.skipped_unfaithful == 3
+    assert len(scripts["/v1/chat/completions"].requests) == 5 + 3
+    assert sorted(p["article_id"] for p in _pairs_in(out)) == [4, 5]
+
+
+async def test_a_lower_min_support_keeps_loosely_worded_targets(server, tmp_path: Path):
+    base, scripts = server
+    loose = "Floodwaters isolated three remote towns in northern New South Wales after heavy rain."
+    scripts["/v1/chat/completions"] = ByArticle(
+        [(0.0, 200, _chat(json.dumps({"summary": loose, "importance": 50})))]
+    )
+    strict = await generate(
+        _articles(1), OpenAITeacher(f"{base}/v1", "m"), tmp_path / "a", progress=False
+    )
+    assert strict.skipped_unfaithful == 1 and strict.unfaithful == {"low_support": 1}
+    lenient = await generate(
+        _articles(1),
+        OpenAITeacher(f"{base}/v1", "m"),
+        tmp_path / "b",
+        progress=False,
+        min_support=0.5,
+    )
+    assert lenient.skipped_unfaithful == 0 and sum(lenient.written.values()) == 1
+
+
+async def test_serve_teacher_extractive_fallback_is_not_a_target(server, tmp_path: Path):
+    base, scripts = server
+
+    def result(summary: str, method: str) -> tuple[float, int, bytes]:
+        body = {"kind": "result", "summary": summary, "importance": 55.0, "method": method}
+        return (0.0, 200, json.dumps({**body, "model_id": "gpu-7b/qwen"}).encode())
+
+    extract = "Report 0. Floodwaters have cut off three towns in northern New South Wales."
+    scripts["/v1/summarize"] = ByArticle(
+        [result(extract, "extractive"), result(GOOD_SUMMARY, "abstractive")]
+    )
+    teacher = ServeTeacher(base, timeout_s=5)
+    label = await teacher.label(_articles(1)[0])
+    assert label.extractive_fallback
+    report = await generate(_articles(2), teacher, tmp_path, progress=False)
+    assert report.skipped_extractive == 1 and report.skipped_unfaithful == 0
+    pairs = _pairs_in(tmp_path)
+    assert [p["article_id"] for p in pairs] == [2]
+    assert pairs[0]["target"]["summary"] == GOOD_SUMMARY
+    assert json.loads((tmp_path / "report.json").read_text())["skipped_extractive"] == 1

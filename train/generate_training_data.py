@@ -8,7 +8,20 @@ already in either file are skipped, a line cut by a crash is dropped first. Teac
 ``--concurrency`` at a time with retries and exponential backoff; the run report
 (``OUT/report.json``, also printed) counts what was written, skipped, invalid and retried.
 
+Every target is checked by :mod:`serving.verifier` against its article, as the engine checks
+a summary before serving it (repair, then verify; ``min_support`` from ``--profile``'s guard
+unless ``--min-support`` is given): a target that fails is dropped, counted as
+``skipped_unfaithful`` with its failure codes in ``unfaithful`` (a model that learns from
+invented names or loops repeats them); a passing one is stored as repaired ("The article is
+about X." -> "X."), with the verifier's version and support in the pair. A ``serve`` teacher's
+Result that is the engine's extractive fallback (``method: extractive``: its model's summaries
+failed) is dropped too, counted as ``skipped_extractive``: it is the article's own sentences,
+and the point of the pairs is to teach abstractive summaries (the ``lead`` teacher, extractive
+by design, is the explicit choice for that). Dropped articles are not written, so a resumed
+run asks the teacher again, as for invalid and failed ones.
+
     python -m train.generate_training_data --teacher lead --out $STATE/training/pairs
+    python -m train.generate_training_data --teacher self-verified --k 4 --concurrency 8
     python -m train.generate_training_data --teacher openai \\
         --teacher-url http://vllm:8000/v1 --teacher-model Qwen/Qwen2.5-72B-Instruct
 """
@@ -36,6 +49,7 @@ from ingestion import db
 from ingestion.article import Article
 from ingestion.settings import Settings
 from serving.prompt import PROMPT_VERSION, InputError, check_article
+from serving.verifier import DEFAULT_MIN_SUPPORT, VERIFIER_VERSION, Evidence, check
 from train.pairs import PairWriter, article_record, split_of, story_keys
 from train.teachers import Teacher, TeacherError, make_teacher
 
@@ -61,6 +75,10 @@ class Report:
     skipped_input: int = 0  # article text unusable (serving.prompt.check_article)
     invalid: int = 0  # teacher output unusable after all attempts
     failed: int = 0  # teacher errors (timeouts, HTTP) after all attempts
+    skipped_unfaithful: int = 0  # target failed serving.verifier (codes in ``unfaithful``)
+    skipped_extractive: int = 0  # a serve teacher's extractive fallback, not a model summary
+    repaired: int = 0  # targets stored after the verifier's repair of their phrasing
+    unfaithful: Counter[str] = field(default_factory=Counter)  # failure code -> targets
     retried: int = 0  # extra attempts made
     partial_lines_dropped: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
@@ -70,6 +88,7 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["reasons"] = dict(self.reasons.most_common(20))
+        data["unfaithful"] = dict(self.unfaithful.most_common())
         return data
 
 
@@ -145,8 +164,11 @@ async def generate(
     backoff_s: float = 1.0,
     seed: str = "newsdesk",
     progress: bool = True,
+    min_support: float = DEFAULT_MIN_SUPPORT,
 ) -> Report:
-    """Label ``articles`` with ``teacher`` into ``out_dir``; resumes what is there."""
+    """Label ``articles`` with ``teacher`` into ``out_dir``; resumes what is there. Targets
+    that fail :func:`serving.verifier.check` (at ``min_support``) and a serve teacher's
+    extractive fallbacks are dropped and counted (module docstring)."""
     started = time.monotonic()
     report = Report(selected=len(articles))
     writer = PairWriter(out_dir)
@@ -161,6 +183,12 @@ async def generate(
     bar = tqdm(total=len(todo), desc=f"pairs ({teacher.name})", unit="art", disable=not progress)
 
     async def one(article: Article) -> None:
+        try:
+            await labelled(article)
+        finally:
+            bar.update(1)
+
+    async def labelled(article: Article) -> None:
         async with semaphore:
             try:
                 check_article(article)
@@ -176,6 +204,17 @@ async def generate(
                 report.reasons[f"{bucket}: {str(exc)[:60]}"] += 1
                 log.warning("article %s: %s", article.id, exc)
                 return
+            if label.extractive_fallback:
+                report.skipped_extractive += 1
+                log.info("article %s: the teacher served its extractive fallback", article.id)
+                return
+            summary, verdict = check(label.summary, Evidence.of(article), min_support=min_support)
+            if not verdict.passed:
+                report.skipped_unfaithful += 1
+                report.unfaithful.update(verdict.failures)
+                log.info("article %s: target dropped: %s", article.id, "; ".join(verdict.reasons))
+                return
+            report.repaired += bool(verdict.repairs)
             story = stories[article.id]  # type: ignore[index]
             split = split_of(story, val_fraction, seed)
             record = {
@@ -183,7 +222,13 @@ async def generate(
                 "story": story,
                 "split": split,
                 "article": article_record(article),
-                "target": {"summary": label.summary, "importance": round(label.importance, 2)},
+                "target": {"summary": summary, "importance": round(label.importance, 2)},
+                "verification": {
+                    "version": VERIFIER_VERSION,
+                    "min_support": min_support,
+                    "support": verdict.support,
+                    "repairs": verdict.repairs,
+                },
                 "teacher": {
                     "name": label.teacher,
                     "model": label.teacher_model,
@@ -194,7 +239,6 @@ async def generate(
             }
             await writer.write(record)
             report.written[split] += 1
-        bar.update(1)
 
     try:
         results = await asyncio.gather(*(one(a) for a in todo), return_exceptions=True)
@@ -254,10 +298,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m train.generate_training_data", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--teacher", default="lead", choices=["lead", "openai", "serve"])
+    parser.add_argument(
+        "--teacher", default="lead", choices=["lead", "openai", "serve", "self-verified"]
+    )
     parser.add_argument("--teacher-url", help="openai: API base (…/v1); serve: app base URL")
     parser.add_argument("--teacher-model", help="openai: the model name")
     parser.add_argument("--teacher-timeout", type=float, default=60.0, help="seconds per call")
+    parser.add_argument(
+        "--profile",
+        help="model profile whose guard.min_support judges targets (default: MODEL_PROFILE)",
+    )
+    parser.add_argument("--min-support", type=float, help="overrides the profile's min_support")
+    sampled = parser.add_argument_group("self-verified teacher (the profile's model, in-process)")
+    sampled.add_argument("--k", type=int, default=4, help="candidates sampled per article")
+    sampled.add_argument("--temperature", type=float, default=0.7)
+    sampled.add_argument("--top-p", type=float, default=0.9)
+    sampled.add_argument("--sample-seed", type=int, default=0, help="seeds every candidate")
+    sampled.add_argument("--teacher-adapter", help="sample from this LoRA adapter (a second round)")
     parser.add_argument("--out", type=Path, help="default: STATE_DIR/training/pairs")
     parser.add_argument("--min-chars", type=int, default=200)
     parser.add_argument("--max-chars", type=int, default=100_000)
@@ -277,12 +334,32 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings()
     out_dir = args.out or default_pairs_dir(settings)
+    min_support = args.min_support
+    if min_support is None:
+        from serving.profiles import load_profile
+
+        min_support = load_profile(args.profile or settings.model_profile).guard.min_support
+    engine = None
+    if args.teacher == "self-verified":
+        from serving.engine import SummarizeEngine
+
+        engine = SummarizeEngine.load(
+            args.profile or settings.model_profile, settings, adapter=args.teacher_adapter
+        )
     teacher = make_teacher(
         args.teacher,
         url=args.teacher_url or settings.teacher_url,
         model=args.teacher_model or settings.teacher_model,
         api_key=settings.teacher_api_key,
         timeout_s=args.teacher_timeout,
+        engine=engine,
+        sampling={
+            "k": args.k,
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "seed": args.sample_seed,
+            "batch_articles": max(1, args.concurrency),
+        },
     )
     flt = ArticleFilter(
         min_chars=args.min_chars,
@@ -305,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             backoff_s=args.backoff,
             seed=args.seed,
             progress=not args.no_progress,
+            min_support=min_support,
         )
     )
     print(json.dumps(report.as_dict(), indent=2))

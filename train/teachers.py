@@ -13,7 +13,9 @@
 Every teacher returns a :class:`Label` whose summary already passed
 :func:`serving.prompt.parse_output` (a target the serving parser would reject is useless), or
 raises :class:`TeacherError` (``retryable`` for timeouts, 429/5xx and garbage that a second
-sample may fix).
+sample may fix). Whether the summary is faithful is :mod:`serving.verifier`'s call, made by
+:func:`train.generate_training_data.generate` for every teacher alike; a ``serve`` Result that
+is the engine's extractive fallback is marked ``extractive_fallback`` (not a model's summary).
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ from serving.prompt import (
     parse_output,
     split_sentences,
 )
+from serving.verifier import Evidence, check
 
-LEAD_VERSION = "lead-v1"
+# v2: the lead is shortened to fewer sentences when the longer one fails the verifier (a
+# repeated phrase quoted in the second sentence: "Pakistan wants peace, Pakistan wants ...").
+LEAD_VERSION = "lead-v2"
 
 
 class TeacherError(RuntimeError):
@@ -56,6 +61,9 @@ class Label:
     teacher: str
     teacher_model: str | None = None
     teacher_version: str | None = None
+    # The serving engine's extractive fallback (its model's summaries failed its verifier):
+    # the article's own sentences, not a model's summary.
+    extractive_fallback: bool = False
 
 
 class Teacher(Protocol):
@@ -100,7 +108,12 @@ def lead_importance(article: Article) -> float:
 
 
 class LeadTeacher:
-    """The leading sentences of the article, at most ``max_sentences`` and ``max_words``."""
+    """The leading sentences of the article, at most ``max_sentences`` and ``max_words``.
+
+    The article's own sentences pass the verifier's support, name and number rules by
+    construction; its repetition, meta and length rules they may fail (a quoted slogan). Then
+    the lead is cut to fewer sentences until one passes; if none does, the longest is returned
+    and the verifier in :func:`train.generate_training_data.generate` drops it."""
 
     name = "lead"
 
@@ -109,13 +122,14 @@ class LeadTeacher:
         self.max_words = max_words
         self.min_words = min_words
 
-    def lead(self, article: Article) -> str:
+    def lead(self, article: Article, max_sentences: int | None = None) -> str:
+        max_sentences = max_sentences or self.max_sentences
         sentences = split_sentences(clean_text(article.text))
         chosen: list[str] = []
         words = 0
         for sentence in sentences:
             n = len(sentence.split())
-            if chosen and (words + n > self.max_words or len(chosen) >= self.max_sentences):
+            if chosen and (words + n > self.max_words or len(chosen) >= max_sentences):
                 break
             chosen.append(sentence)
             words += n
@@ -133,6 +147,15 @@ class LeadTeacher:
 
     async def label(self, article: Article) -> Label:
         summary = self.lead(article)
+        evidence: Evidence | None = None
+        for n in range(self.max_sentences - 1, 0, -1):
+            evidence = evidence or Evidence.of(article)
+            if check(summary, evidence)[1].passed:
+                break
+            shorter = self.lead(article, n)
+            if shorter == summary:
+                break
+            summary = shorter
         try:
             checked = parse_output(summary, article=article).summary
         except OutputError as exc:
@@ -141,6 +164,148 @@ class LeadTeacher:
 
     async def aclose(self) -> None:
         return None
+
+
+# --- self-verified: the serving model's own best verified sample ---------------------------
+
+SELF_VERIFIED_VERSION = "self-verified-v1"
+SUPPORT_STEP = 0.05  # supports this close count as equal: conciseness decides
+
+
+def choose_candidate(candidates: list[Any]) -> Any | None:
+    """The best of an article's candidates (:class:`serving.engine.Candidate`) that pass the
+    verifier, or None: the highest support (in steps of ``SUPPORT_STEP``), then the fewest
+    words, then the most agreement with the other candidates (mean ROUGE-L F1 against each
+    other parsed candidate: what most samples say, rather than what one sample made up)."""
+    passing = [c for c in candidates if c.passed]
+    if not passing:
+        return None
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    others = [c.summary for c in candidates if c.summary]
+
+    def agreement(candidate: Any) -> float:
+        rest = [o for o in others if o is not candidate.summary]
+        if not rest:
+            return 0.0
+        return sum(scorer.score(o, candidate.summary)["rougeL"].fmeasure for o in rest) / len(rest)
+
+    return max(
+        passing,
+        key=lambda c: (
+            round(c.report.support / SUPPORT_STEP),
+            -len(c.summary.split()),
+            agreement(c),
+            -c.seed,
+        ),
+    )
+
+
+class SelfVerifiedTeacher:
+    """The serving model's own summaries, kept only when the verifier passes them
+    (rejection-sampling fine-tuning): ``k`` samples per article (temperature, top-p, a seed per
+    sample from :func:`serving.engine.candidate_seed`), the best passing one by
+    :func:`choose_candidate`; an article none of whose samples passes is no pair
+    (``TeacherError``, counted as invalid with its reason; not retried: the same seeds draw the
+    same samples).
+
+    ``label`` is called once per article, concurrently; calls that arrive together are
+    sampled together (up to ``batch_articles`` articles, ``batch_articles * k`` rows through
+    the engine's micro-batches) on the engine's own thread. Importance: the lead teacher's
+    keyword estimate (the 135M model's own rating is noise)."""
+
+    name = "self-verified"
+
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        k: int = 4,
+        temperature: float = 0.7,
+        top_p: float = 0.9,
+        seed: int = 0,
+        batch_articles: int = 8,
+        wait_s: float = 0.05,
+    ) -> None:
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.engine = engine
+        self.k, self.temperature, self.top_p, self.seed = k, temperature, top_p, seed
+        self.batch_articles = batch_articles
+        self.wait_s = wait_s
+        self._pending: list[tuple[Article, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        # one thread: the engine's OpenMP state stays on it (serving/deployments/summarizer.py)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sampler")
+        self.candidates_seen = 0
+        self.candidates_passed = 0
+
+    @property
+    def version(self) -> str:
+        return (
+            f"{SELF_VERIFIED_VERSION} k={self.k} temperature={self.temperature} "
+            f"top_p={self.top_p} seed={self.seed}"
+        )
+
+    async def label(self, article: Article) -> Label:
+        import asyncio
+
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((article, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        outcome = await future
+        if not isinstance(outcome, list):  # the engine's ArticleError: unusable input
+            raise TeacherError(outcome.message, retryable=False, invalid=True)
+        self.candidates_seen += len(outcome)
+        self.candidates_passed += sum(c.passed for c in outcome)
+        best = choose_candidate(outcome)
+        if best is None:
+            failures = sorted(
+                {f for c in outcome for f in (c.report.failures if c.report else ["unparsable"])}
+            )
+            raise TeacherError(
+                f"no verified candidate of {len(outcome)} ({', '.join(failures)})",
+                retryable=False,
+                invalid=True,
+            )
+        return Label(
+            best.summary,
+            lead_importance(article),
+            self.name,
+            self.engine.model_id + (f"+{self.engine.adapter_id}" if self.engine.adapter_id else ""),
+            f"{self.version} sample_seed={best.seed}",
+        )
+
+    async def _flush(self) -> None:
+        import asyncio
+
+        await asyncio.sleep(self.wait_s)  # let the calls that arrive together gather
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch = self._pending[: self.batch_articles]
+            del self._pending[: self.batch_articles]
+            articles = [article for article, _ in batch]
+            try:
+                results = await loop.run_in_executor(self._executor, self._sample, articles)
+            except Exception as exc:  # the whole batch: each caller sees it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(TeacherError(f"sampling failed: {exc!r}"))
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    def _sample(self, articles: list[Article]) -> list[Any]:
+        return self.engine.sample(
+            articles, k=self.k, temperature=self.temperature, top_p=self.top_p, seed=self.seed
+        )
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=False)
 
 
 # --- HTTP teachers -------------------------------------------------------------------------
@@ -305,6 +470,7 @@ class ServeTeacher:
             self.name,
             item.get("model_id"),
             item.get("adapter_id"),
+            extractive_fallback=item.get("method") == "extractive",
         )
 
     async def aclose(self) -> None:
@@ -318,10 +484,17 @@ def make_teacher(
     model: str | None = None,
     api_key: str | None = None,
     timeout_s: float = 60.0,
+    engine: Any = None,
+    sampling: dict[str, Any] | None = None,
 ) -> Teacher:
-    """A teacher by name (``lead``, ``openai``, ``serve``); HTTP teachers need ``url``."""
+    """A teacher by name (``lead``, ``openai``, ``serve``, ``self-verified``); HTTP teachers
+    need ``url``; ``self-verified`` takes a loaded ``engine`` and its ``sampling`` options."""
     if name == "lead":
         return LeadTeacher()
+    if name == "self-verified":
+        if engine is None:
+            raise ValueError("the self-verified teacher needs a loaded engine")
+        return SelfVerifiedTeacher(engine, **(sampling or {}))
     if name == "openai":
         if not url or not model:
             raise ValueError("the openai teacher needs --teacher-url and --teacher-model")
@@ -330,4 +503,4 @@ def make_teacher(
         if not url:
             raise ValueError("the serve teacher needs --teacher-url (the Serve app's base URL)")
         return ServeTeacher(url, api_key=api_key, timeout_s=timeout_s)
-    raise ValueError(f"unknown teacher {name!r}: lead, openai or serve")
+    raise ValueError(f"unknown teacher {name!r}: lead, openai, serve or self-verified")

@@ -4,6 +4,12 @@
 (one Article object, a list of them, or JSON Lines), summarizes them in-process and prints one
 Result or ArticleError JSON object per line on stdout, in file order, with a progress bar on
 stderr. A file that cannot be read becomes an ``invalid_input`` error line; it stops nothing.
+
+stdout is for the JSON lines only (``newsdesk summarize a.txt | jq``): while the engine loads
+and runs, whatever libraries write to stdout goes to stderr (see
+:func:`cluster.cli.common.stdout_for_data`). DeepSpeed's logger writes to a handler of its own
+on ``sys.stdout``; its "Setting accelerator to CPU ..." warning came out there on the first
+run, when accelerate imported DeepSpeed while the model was being converted.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import typer
 from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cluster.cli.common import console, err_console, settings
+from cluster.cli.common import err_console, settings, stdout_for_data
 from ingestion.article import Article
 
 model_app = typer.Typer(help="The summarization model: prepare (convert) it.", no_args_is_help=True)
@@ -27,12 +33,13 @@ def prepare(
     profile: Annotated[str | None, typer.Option(help="Profile name or YAML path.")] = None,
 ) -> None:
     """Convert the profile's model into a transformers folder (once) and print its path."""
-    from serving.model_source import prepare_model
-    from serving.profiles import load_profile
-
     cfg = settings()
-    path = prepare_model(load_profile(profile or cfg.model_profile), cfg)
-    console.print(str(path), highlight=False, soft_wrap=True)
+    with stdout_for_data() as out:  # the path only: `cd "$(newsdesk model prepare)"`
+        from serving.model_source import prepare_model
+        from serving.profiles import load_profile
+
+        path = prepare_model(load_profile(profile or cfg.model_profile), cfg)
+        out.write(f"{path}\n")
 
 
 def read_articles(path: Path) -> list[Article]:
@@ -71,9 +78,6 @@ def summarize(
     max_new_tokens: Annotated[int | None, typer.Option(min=1)] = None,
 ) -> None:
     """Summarize article files in-process; one Result JSON per line on stdout."""
-    from serving.engine import SummarizeEngine
-    from serving.result import ArticleError
-
     cfg = settings()
     entries: list[tuple[Path, Article | str]] = []
     for path in files:
@@ -81,31 +85,36 @@ def summarize(
             entries.extend((path, article) for article in read_articles(path))
         except (OSError, ValueError) as exc:
             entries.append((path, str(exc)))
-    err_console.print(f"loading the model ({profile or cfg.model_profile})...")
-    engine = SummarizeEngine.load(profile or cfg.model_profile, cfg, adapter=adapter)
-    batch = engine.max_batch_size
     failures = 0
-    with Progress(
-        TextColumn("summarizing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task("summarize", total=len(entries))
-        for start in range(0, len(entries), batch):
-            chunk = entries[start : start + batch]
-            articles = [a for _, a in chunk if isinstance(a, Article)]
-            outcomes = iter(engine.summarize(articles, max_new_tokens=max_new_tokens))
-            for _path, item in chunk:
-                if isinstance(item, Article):
-                    outcome = next(outcomes)
-                else:
-                    outcome = ArticleError(content_hash="", code="invalid_input", message=item)
-                failures += isinstance(outcome, ArticleError)
-                typer.echo(outcome.model_dump_json())
-                progress.advance(task)
+    # stdout: the JSON lines only; the engine's imports, load and runs write to stderr
+    with stdout_for_data() as out:
+        from serving.engine import SummarizeEngine
+        from serving.result import ArticleError
+
+        err_console.print(f"loading the model ({profile or cfg.model_profile})...")
+        engine = SummarizeEngine.load(profile or cfg.model_profile, cfg, adapter=adapter)
+        batch = engine.max_batch_size
+        with Progress(
+            TextColumn("summarizing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=False,
+        ) as progress:
+            task = progress.add_task("summarize", total=len(entries))
+            for start in range(0, len(entries), batch):
+                chunk = entries[start : start + batch]
+                articles = [a for _, a in chunk if isinstance(a, Article)]
+                outcomes = iter(engine.summarize(articles, max_new_tokens=max_new_tokens))
+                for _path, item in chunk:
+                    if isinstance(item, Article):
+                        outcome = next(outcomes)
+                    else:
+                        outcome = ArticleError(content_hash="", code="invalid_input", message=item)
+                    failures += isinstance(outcome, ArticleError)
+                    out.write(outcome.model_dump_json() + "\n")
+                    progress.advance(task)
     if failures:
         err_console.print(f"{failures} of {len(entries)} articles got an error")
 

@@ -83,6 +83,7 @@ class Summarizer:
         self._batch_sizes: Counter[int] = Counter()
         self._articles = 0
         self._batch_ms_total = 0.0
+        self._model_failures: Counter[str] = Counter()  # why the verifier failed the model
         log.info("Summarizer ready: %s in %.1f s", self._engine.model_id, self.load_s)
 
     # --- configuration ----------------------------------------------------------------------
@@ -140,6 +141,9 @@ class Summarizer:
         elapsed_ms = (time.perf_counter() - started) * 1000
         self._batch_ms_total += elapsed_ms
         metrics.batch_latency().observe(elapsed_ms)
+        self._model_failures.update(
+            metrics.count_results([o for o in outcomes if isinstance(o, Result)])
+        )
         return [
             _with_queue_time(outcome, (started - enqueued) * 1000)
             for outcome, (_, enqueued) in zip(outcomes, items, strict=True)
@@ -184,6 +188,13 @@ class Summarizer:
             "articles": self._articles,
             "batch_size_histogram": {str(k): v for k, v in sorted(self._batch_sizes.items())},
             "mean_batch_ms": round(self._batch_ms_total / batches, 1) if batches else None,
+            # Results served by the engine, by method/verdict ("none": guard off), and the
+            # failure codes of the model's summaries the verifier failed (per Result)
+            "summaries": {
+                f"{method}/{verdict}": n
+                for (method, verdict), n in sorted(self._engine.outcomes.items())
+            },
+            "verifier_failures": dict(sorted(self._model_failures.items())),
         }
 
 

@@ -146,6 +146,8 @@
     link.textContent = story.title;
     link.href = safeHref(story.link, `/v1/stories`);
     node.querySelector(".story-summary").textContent = story.summary;
+    // the article's own sentences (the model's summary failed the verifier): marked discreetly
+    if (story.method !== "extractive") node.querySelector(".story-method").remove();
 
     const time = node.querySelector(".story-time");
     time.dateTime = story.last_published;
