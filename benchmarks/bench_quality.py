@@ -2,6 +2,7 @@
 
     python benchmarks/bench_quality.py                    # 300 Lee articles + outside news
     python benchmarks/bench_quality.py --lee 48 --show 5  # quicker; print 5 summaries each
+    python benchmarks/bench_quality.py --adapter DIR --exclude-pairs PAIRS/train.jsonl
 
 Corpora (real news, fetched at run time by ``cluster.sample_data``, never committed):
 - **Lee**: 300 ABC news articles (2001), no titles (a headline is made from the first words)
@@ -69,10 +70,26 @@ def headline(text: str, words: int = 8) -> str:
     return " ".join(text.split(". ")[0].split()[:words])
 
 
-def corpora(state_dir: Path, lee_count: int) -> list[Corpus]:
+def trained_texts(pairs: Path | None) -> set[str]:
+    """Article texts in a training pairs file (their articles are left out: seen in training)."""
+    if pairs is None:
+        return set()
+    from train.pairs import iter_jsonl
+
+    return {
+        " ".join(record["article"]["text"].split())
+        for _, record, _ in iter_jsonl(pairs)
+        if record is not None
+    }
+
+
+def corpora(
+    state_dir: Path, lee_count: int, exclude: frozenset[str] | set[str] = frozenset()
+) -> list[Corpus]:
     lee = [
         Article(id=i, title=headline(t), text=t, source="ABC")
         for i, t in enumerate(lee_articles(state_dir, lee_count))
+        if " ".join(t.split()) not in exclude
     ]
     outside = [
         Article(id=10_000 + i, title=r["title"], text=r["text"], source=r["source"])
@@ -187,6 +204,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lee", type=int, default=300, help="Lee articles (of 300)")
     parser.add_argument("--profile", default="cpu-small")
+    parser.add_argument("--adapter", help="a LoRA adapter folder to serve (default: none)")
+    parser.add_argument(
+        "--exclude-pairs", type=Path, help="leave out the Lee articles of this train.jsonl"
+    )
     parser.add_argument("--chunk", type=int, default=32, help="articles per alternating chunk")
     parser.add_argument("--show", type=int, default=0, help="print N summaries per corpus")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -195,10 +216,15 @@ def main() -> None:
     settings = Settings()
     state = settings.resolved_state_dir()
     print(f"load average before: {os.getloadavg()[0]:.2f}", file=sys.stderr)
-    engine = SummarizeEngine.load(args.profile, settings)
-    out: dict[str, object] = {"profile": args.profile, "model_id": engine.model_id}
+    engine = SummarizeEngine.load(args.profile, settings, adapter=args.adapter)
+    out: dict[str, object] = {
+        "profile": args.profile,
+        "model_id": engine.model_id,
+        "adapter_id": engine.adapter_id,
+    }
+    print(f"model {engine.model_id}, adapter {engine.adapter_id}", file=sys.stderr)
     total = {"off": 0.0, "enforce": 0.0, "guard_ms": 0.0, "articles": 0}
-    for corpus in corpora(state, args.lee):
+    for corpus in corpora(state, args.lee, trained_texts(args.exclude_pairs)):
         alone, guarded, seconds = run_engine(engine, corpus.articles, args.chunk)
         for key in ("off", "enforce", "guard_ms"):
             total[key] += seconds[key]

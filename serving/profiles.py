@@ -166,7 +166,16 @@ class ModelProfile(BaseModel):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="Module names LoRA adapts; they must exist in this model family.",
     )
-    adapter: str | None = Field(default=None, description="PEFT adapter folder to apply.")
+    adapter: str | None = Field(
+        default=None,
+        description="PEFT adapter folder to apply; a relative path is relative to configs/ "
+        "(an adapter shipped with the project, configs/adapters/<name>).",
+    )
+    merge_adapter: bool = Field(
+        default=False,
+        description="Merge the adapter into the (bf16/fp32, never 4-bit) weights at load: "
+        "faster decoding; a later adapter swap reloads the base.",
+    )
     importance: ImportanceWeights = Field(default_factory=ImportanceWeights)
     cpu: CpuOptions = Field(default_factory=CpuOptions)
     guard: GuardOptions = Field(default_factory=GuardOptions)
@@ -176,6 +185,14 @@ class ModelProfile(BaseModel):
         if self.source.startswith("package:") and not self.gguf_file:
             raise ValueError("a 'package:' source needs gguf_file")
         return self
+
+    @property
+    def adapter_path(self) -> Path | None:
+        """The adapter folder: absolute or ``~`` as written, a relative one under configs/."""
+        if not self.adapter:
+            return None
+        path = Path(self.adapter).expanduser()
+        return path if path.is_absolute() else CONFIG_DIR.parent / path
 
     @property
     def ds_dtype(self) -> DtypeChoice:

@@ -22,8 +22,9 @@ The rules, each cheap (a few hundred microseconds per summary, pure Python):
   the new X, and the new X ...").
 - **meta or empty phrasing**: a sentence about the article rather than the news ("The article
   is about ...", "This is a summary of ...", "... highlights the importance of ...").
-  :func:`repair` first removes a meta lead ("The article is about X." -> "X.") and drops meta
-  sentences beside real ones; what is still meta after that fails.
+  :func:`repair` first removes a label or the source before the news ("ABC News: X." ->
+  "X."), a meta lead ("The article is about X." -> "X.") and meta sentences beside real
+  ones; what is still meta after that fails.
 - **too short**: fewer than three content words after repair.
 
 What it does not do: judge whether a sentence made of the article's words says something the
@@ -177,16 +178,17 @@ class Evidence:
     words: frozenset[str]  # folded
     stems: frozenset[str]
     numbers: frozenset[str]  # canonical
+    source: str = ""  # the prompt header's "Source:" (a summary opening with it echoes it)
 
     @classmethod
     def of(cls, article: Article) -> Evidence:
         parts = [article.title or "", article.source or "", clean_text(article.text or "")]
         if article.published is not None:
             parts.append(article.published.strftime("%Y %m %d %B %A"))
-        return cls.of_text("\n".join(parts))
+        return cls.of_text("\n".join(parts), source=article.source or "")
 
     @classmethod
-    def of_text(cls, text: str) -> Evidence:
+    def of_text(cls, text: str, source: str = "") -> Evidence:
         words: set[str] = set()
         numbers: set[str] = set()
         for token in tokens(text):
@@ -197,7 +199,8 @@ class Evidence:
                 # is not a number the article states.
             if not token[0].isdigit():
                 words.add(_fold(token))
-        return cls(frozenset(words), frozenset(stem(w) for w in words), frozenset(numbers))
+        stems = frozenset(stem(w) for w in words)
+        return cls(frozenset(words), stems, frozenset(numbers), source)
 
     def has_word(self, folded: str) -> bool:
         return folded in self.words or stem(folded) in self.stems
@@ -242,14 +245,41 @@ def _capitalise(text: str) -> str:
     return text[:1].upper() + text[1:] if text else text
 
 
-def repair(summary: str) -> tuple[str, list[str]]:
-    """Remove meta phrasing that has real content behind it: the first sentence's meta lead
+# A label before the news: "ABC News: ...", "The 2001-12-22 update: ...", "The American
+# friends: ..." (the title): up to six words and a colon, not a speaker ("He said: ...").
+_LEAD_LABEL = re.compile(r"^(?P<label>[^.!?:\"“]{1,80}?)\s*:\s+(?=\S)")
+_SPEECH = re.compile(r"\b(?:said|says|say|told|tells|warned|added|stated|asked|wrote)\b", re.I)
+
+
+def _strip_label(sentence: str, source: str) -> str | None:
+    """The sentence without a leading label or copy of the article's source, or None."""
+    if source and sentence.casefold().startswith(source.casefold()):
+        rest = sentence[len(source) :].lstrip(" :-–—")
+        if len(rest.split()) >= 5:
+            return rest
+    match = _LEAD_LABEL.match(sentence)
+    if match and len(match["label"].split()) <= 6 and not _SPEECH.search(match["label"]):
+        rest = sentence[match.end() :]
+        if len(rest.split()) >= 5:
+            return rest
+    return None
+
+
+def repair(summary: str, source: str = "") -> tuple[str, list[str]]:
+    """Remove phrasing that has real content behind it: a label before the first sentence
+    ("ABC News: X." -> "X.", ``source`` being the article's), the first sentence's meta lead
     ("The article is about X." -> "X.") and meta sentences beside real ones ("The article
     also discusses ..."). Returns the summary and the repairs made."""
     repairs: list[str] = []
     kept: list[str] = []
     later_meta = 0
-    for sentence in split_sentences(summary):
+    sentences = split_sentences(summary)
+    if sentences:
+        unlabelled = _strip_label(sentences[0], source)
+        if unlabelled is not None:
+            repairs.append("label removed")
+            sentences[0] = _capitalise(unlabelled)
+    for sentence in sentences:
         stripped = _META_LEAD.sub("", sentence, count=1)
         if stripped == sentence:
             kept.append(sentence)
@@ -263,7 +293,7 @@ def repair(summary: str) -> tuple[str, list[str]]:
         repairs.append("meta sentence dropped")
         kept = real
     elif later_meta:  # nothing real to keep: leave it for the verifier to fail
-        return summary, repairs
+        return " ".join(sentences), repairs
     return " ".join(kept), repairs
 
 
@@ -361,7 +391,7 @@ def check(
     summary: str, evidence: Evidence, *, min_support: float = DEFAULT_MIN_SUPPORT
 ) -> tuple[str, VerifierReport]:
     """:func:`repair`, then :func:`verify` the repaired summary; the report lists the repairs."""
-    repaired, repairs = repair(summary)
+    repaired, repairs = repair(summary, evidence.source)
     report = verify(repaired or summary, evidence, min_support=min_support)
     report.repairs = repairs
     return repaired or summary, report

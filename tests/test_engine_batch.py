@@ -188,3 +188,26 @@ def test_generate_path_gives_the_greedy_loops_tokens_and_ratings(
     via_loop = engine._decode(prompts, 24)
     assert via_generate.tokens == via_loop.tokens
     assert torch.allclose(via_generate.rating_probs, via_loop.rating_probs, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def shipped_adapter_engine(prepared_model_dir, engine_settings):  # type: ignore[no-untyped-def]
+    """cpu-small-selfdistill: the default model with the adapter shipped in configs/adapters."""
+    from serving.engine import SummarizeEngine
+
+    return SummarizeEngine.load("cpu-small-selfdistill", engine_settings)
+
+
+def test_the_shipped_adapter_loads_and_stays_batch_invariant(
+    shipped_adapter_engine, engine, mixed_articles
+) -> None:
+    """What `make run` serves: the LoRA layers keep every row's bits alone and in a batch."""
+    adapted = shipped_adapter_engine
+    assert adapted.adapter_id and adapted.adapter_id.startswith("cpu-small-selfdistill@")
+    picks = mixed_articles[::2]
+    together = adapted.summarize(picks)
+    alone = [adapted.summarize([a])[0] for a in picks]
+    same = _comparable(adapted)
+    assert [same(r) for r in alone] == [same(r) for r in together]
+    base = engine.summarize(picks)
+    assert [r.summary for r in together] != [r.summary for r in base]  # the adapter is applied

@@ -113,3 +113,13 @@ def test_profile_extends_another_and_merges_sections(tmp_path: Path) -> None:
     loop.write_text(f"extends: {loop}\n")
     with pytest.raises(ValueError, match="extends itself"):
         load_profile(loop)
+
+
+def test_a_profile_adapter_path_is_absolute_or_under_configs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from serving.profiles import CONFIG_DIR, ModelProfile
+
+    shipped = ModelProfile(name="x", source="/m", adapter="adapters/selfdistill")
+    assert shipped.adapter_path == CONFIG_DIR.parent / "adapters" / "selfdistill"
+    own = ModelProfile(name="x", source="/m", adapter=str(tmp_path))
+    assert own.adapter_path == tmp_path
+    assert ModelProfile(name="x", source="/m").adapter_path is None

@@ -300,6 +300,7 @@ def test_rouge_on_pairs_reports_the_pass_rate_of_both_sides(
         assert 0 <= result[f"pass_rate_{side}"] <= 1
         assert result[f"verified_{side}"] == 2 - result[f"{side}_errors"]
         assert 0 <= result[f"mean_support_{side}"] <= 1
+        assert 0 <= result[f"rougeL_lead3_{side}"] <= 100 and result[f"words_{side}"] > 0
         assert {"unsupported_names", "unsupported_numbers", "failures"} <= {
             key.removesuffix(f"_{side}") for key in result
         }

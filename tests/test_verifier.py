@@ -259,3 +259,20 @@ def test_extractive_states_facts_not_questions() -> None:
         article, budget_tokens=64, count_tokens=whitespace_tokens, max_sentences=1
     )
     assert summary == "Share your pictures with us today."  # the first statement, no embedder
+
+
+def test_a_label_or_the_source_before_the_news_is_removed_but_not_a_speaker() -> None:
+    source = "Capital Wire"
+    assert repair("Capital Wire: The Supreme Court heard a challenge on Tuesday.", source) == (
+        "The Supreme Court heard a challenge on Tuesday.",
+        ["label removed"],
+    )
+    assert repair("Capital Wire The Supreme Court heard a challenge on Tuesday.", source)[0] == (
+        "The Supreme Court heard a challenge on Tuesday."
+    )
+    dated = "The 2024-05-01 update: The Supreme Court heard a challenge on Tuesday."
+    assert repair(dated)[0] == "The Supreme Court heard a challenge on Tuesday."
+    quoted = "Justice Alito said: the funding law has no limit at all."
+    assert repair(quoted) == (quoted, [])
+    _, r = check("Capital Wire: the Supreme Court heard a challenge.", Evidence.of(COURT))
+    assert r.repairs == ["label removed"]

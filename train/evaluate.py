@@ -132,6 +132,18 @@ def _side(prefix: str, figures: dict[str, Any]) -> dict[str, Any]:
     return {f"{key}_{prefix}": value for key, value in figures.items()}
 
 
+def lead3(article: Article) -> str:
+    """The article's first three sentences: a reference that needs no teacher."""
+    from serving.prompt import clean_text, split_sentences
+
+    return " ".join(split_sentences(clean_text(article.text))[:3])
+
+
+def mean_words(summaries: list[str]) -> float:
+    texts = [s for s in summaries if s]
+    return round(sum(len(s.split()) for s in texts) / len(texts), 1) if texts else 0.0
+
+
 def rouge_on_pairs(
     profile: Any,
     settings: Settings,
@@ -151,6 +163,7 @@ def rouge_on_pairs(
         return {"rouge_pairs": 0}
     articles = [a for a, _ in pairs]
     references = [t for _, t in pairs]
+    leads = [lead3(a) for a in articles]
     engine = engine or SummarizeEngine.load(report_mode(profile, settings), settings)
     guard = engine.profile.guard
     engine.set_adapter(None)
@@ -159,6 +172,8 @@ def rouge_on_pairs(
     result: dict[str, Any] = {
         "rouge_pairs": len(pairs),
         "rougeL_base": round(rouge_l(base, references), 2),
+        "rougeL_lead3_base": round(rouge_l(base, leads), 2),
+        "words_base": mean_words(base),
         "base_errors": base_errors,
         "base_seconds": round(time.monotonic() - started, 1),
         "verifier": {
@@ -176,6 +191,8 @@ def rouge_on_pairs(
         result.update(
             {
                 "rougeL_adapter": round(rouge_l(tuned, references), 2),
+                "rougeL_lead3_adapter": round(rouge_l(tuned, leads), 2),
+                "words_adapter": mean_words(tuned),
                 "adapter_errors": tuned_errors,
                 "adapter_seconds": round(time.monotonic() - started, 1),
                 "changed_outputs": sum(1 for a, b in zip(base, tuned, strict=True) if a != b),
@@ -212,7 +229,9 @@ def describe(result: dict[str, Any]) -> str:
         if f"rougeL_{side}" not in result:
             continue
         lines.append(
-            f"{side:>7}: ROUGE-L {result[f'rougeL_{side}']:.2f}, "
+            f"{side:>7}: ROUGE-L {result[f'rougeL_{side}']:.2f} "
+            f"(vs lead-3 {result[f'rougeL_lead3_{side}']:.2f}), "
+            f"{result[f'words_{side}']:.0f} words, "
             f"verifier pass {100 * result[f'pass_rate_{side}']:.0f}%, "
             f"support {result[f'mean_support_{side}']:.2f}, "
             f"unsupported names {100 * result[f'unsupported_names_{side}']:.0f}%, "
