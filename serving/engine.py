@@ -7,6 +7,7 @@ training's evaluation::
     outcomes = engine.summarize(articles)                         # list[Result | ArticleError]
     engine.set_adapter("/path/to/lora")                           # swap LoRA, base stays loaded
     engine.set_adapter(None)                                      # back to the base model
+    engine.sample(articles, k=4)      # k verified samples each (training's self-verified teacher)
 
 ``summarize`` is synchronous and thread-compatible but not reentrant (one call at a time per
 engine; the Serve replica serialises calls). Internally: prompts are built by
