@@ -443,6 +443,7 @@ class SummarizeEngine:
             )
         with self._lock:
             torch.set_num_threads(self._threads)
+            self._min_new_tokens = 0
             budget = max_new_tokens or self.profile.max_new_tokens
             out: list[list[Candidate] | ArticleError] = []
             rows: list[tuple[_Pending, int]] = []
@@ -459,19 +460,11 @@ class SummarizeEngine:
                 rows += [(item, candidate_seed(seed, article.content_hash, j)) for j in range(k)]
             rows.sort(key=lambda r: -len(r[0].prompt.ids))  # stable: seed order kept
             size = self.profile.max_batch_size
-            min_support = self.profile.guard.min_support
             for start in range(0, len(rows), size):
                 chunk = rows[start : start + size]
-                decoded = greedy_decode(
-                    self._model,
+                decoded = self._decode(
                     [item.prompt.ids for item, _ in chunk],
-                    pad_id=self._pad_id,
-                    eos_id=self._eos_id,
-                    max_new_tokens=budget,
-                    prefix=self._prefix,
-                    suppress_first=self._first_suppress,
-                    slots=self._slots,
-                    cache_dtype=self._cache_dtype,
+                    budget,
                     sampling=Sampling(temperature, top_p, tuple(s for _, s in chunk)),
                 )
                 for (item, row_seed), tokens in zip(chunk, decoded.tokens, strict=True):
@@ -482,9 +475,7 @@ class SummarizeEngine:
                     except prompt_mod.OutputError:
                         pass
                     else:
-                        summary, report = verifier.check(
-                            parsed.summary, item.evidence, min_support=min_support
-                        )
+                        summary, report = self._verify(parsed, item)
                     found = out[item.index]
                     assert isinstance(found, list)
                     found.append(Candidate(row_seed, text, summary, report))
@@ -547,10 +538,15 @@ class SummarizeEngine:
             return [self._run_chunk([item], max_new_tokens, called)[0] for item in chunk]
 
     def _decode(
-        self, prompts: list[list[int]], max_new_tokens: int, retry: bool = False
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        retry: bool = False,
+        sampling: Sampling | None = None,
     ) -> DecodeOutput:
         """Greedy decoding of one micro-batch. ``retry``: also forbid an empty answer and
-        penalise repeating the row's own tokens (a deterministic second chance)."""
+        penalise repeating the row's own tokens (a deterministic second chance).
+        ``sampling``: draw tokens instead (:meth:`sample`; no rating pass)."""
         suppress_first = self._retry_suppress if retry else self._first_suppress
         penalty = RETRY_REPETITION_PENALTY if retry else 1.0
         if self._use_generate:
@@ -562,13 +558,14 @@ class SummarizeEngine:
             eos_id=self._eos_id,
             max_new_tokens=max_new_tokens,
             prefix=self._prefix,
-            rating_suffix=self._rating_suffix,
+            rating_suffix=self._rating_suffix if sampling is None else None,
             score_ids=self._score_ids,
             suppress_first=suppress_first,
             min_new_tokens=self._min_new_tokens,
             repetition_penalty=penalty,
             slots=self._slots,
             cache_dtype=self._cache_dtype,
+            sampling=sampling,
         )
 
     @torch.inference_mode()
@@ -639,12 +636,19 @@ class SummarizeEngine:
         guard = self.profile.guard
         if guard.mode == "off":
             return _Judged(parsed.summary, None, None)
-        summary, report = verifier.check(
-            parsed.summary, item.evidence, min_support=guard.min_support
-        )
-        report.repairs = [*parsed.repairs, *report.repairs]
+        summary, report = self._verify(parsed, item)
         acceptable = report.passed or guard.mode == "report"
         return _Judged(summary, report, None if acceptable else "; ".join(report.reasons))
+
+    def _verify(
+        self, parsed: prompt_mod.ParsedOutput, item: _Pending
+    ) -> tuple[str, verifier.VerifierReport]:
+        """Repair and verify a parsed summary; the report lists the parser's repairs too."""
+        summary, report = verifier.check(
+            parsed.summary, item.evidence, min_support=self.profile.guard.min_support
+        )
+        report.repairs = [*parsed.repairs, *report.repairs]
+        return summary, report
 
     def _count_tokens(self, text: str) -> int:
         return len(prompt_mod._encode(self.tokenizer, text))
