@@ -215,7 +215,7 @@ class PollerComponent:
     def start(self, ctx: StackContext) -> None:
         import ray
 
-        from ingestion.poller import FeedPoller
+        from ingestion.actor import FeedPoller
 
         s = ctx.settings
         options: dict[str, Any] = {

@@ -1,5 +1,6 @@
 """Lists of feeds to subscribe to: ``configs/feeds.yaml`` and OPML files, as ``FeedSpec``s,
-and adding them to the store (existing feeds are left as they are)."""
+and subscribing to each through ``subscriptions.subscribe`` (existing feeds are left as they
+are)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ingestion import store
 from ingestion.settings import Settings
-from ingestion.urlguard import check_url
+from ingestion.subscriptions import InvalidFeedURL, subscribe
 
 
 class FeedSpec(BaseModel):
@@ -65,17 +66,12 @@ async def add_feeds(db: store.Db, specs: Iterable[FeedSpec], settings: Settings)
     """Add each spec not yet subscribed; refuse (with the reason) URLs the guard refuses."""
     report = AddReport()
     for spec in specs:
-        reason = check_url(
-            spec.url,
-            allow_private=settings.allow_private_addresses,
-            allow_loopback=settings.allow_loopback,
-            allow_file=settings.allow_file_urls,
-        )
-        if reason:
-            report.refused.append((spec.url, reason))
+        try:
+            feed, created = await subscribe(
+                db, spec.url, settings, title=spec.title, interval_s=spec.interval_s
+            )
+        except InvalidFeedURL as exc:
+            report.refused.append((spec.url, str(exc)))
             continue
-        feed, created = await store.add_feed(
-            db, spec.url, title=spec.title, interval_s=spec.interval_s or settings.feed_interval_s
-        )
         (report.added if created else report.existing).append(feed)
     return report

@@ -183,6 +183,16 @@ async def claim_due_feeds(db: Db, *, limit: int, lease_s: float) -> tuple[uuid.U
     return token, [Feed.from_row(r) for r in rows]
 
 
+async def release_feeds(db: Db, lease_token: uuid.UUID, ids: Sequence[int]) -> None:
+    """Hand claimed feeds back, due now (a poller that will not poll them this time)."""
+    await db.execute(
+        "UPDATE feeds SET next_due_at = now(), lease_token = NULL "
+        "WHERE lease_token = $1 AND id = ANY($2::bigint[])",
+        lease_token,
+        list(ids),
+    )
+
+
 async def make_due(db: Db, url_or_id: str | int | None = None) -> int:
     """Make one feed (or all pollable feeds) due now; returns how many."""
     if url_or_id is None:

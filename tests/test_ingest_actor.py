@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 import ray
 
-from ingestion.poller import RAY_NAMESPACE, FeedPoller
+from ingestion.actor import RAY_NAMESPACE, FeedPoller
 from ingestion.settings import Settings
 from tests.feedserver import items, rss_document
 

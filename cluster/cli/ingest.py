@@ -24,6 +24,7 @@ from ingestion import db, store
 from ingestion.feedlist import FeedListError, add_feeds, load_feeds_yaml
 from ingestion.schedule import ACTIVE, DISABLED
 from ingestion.settings import Settings
+from ingestion.subscriptions import InvalidFeedURL, check_feed_url, subscribe
 
 _STATUS_STYLE = {"active": "green", "quarantined": "yellow", "disabled": "red"}
 
@@ -67,19 +68,16 @@ def register(app: typer.Typer) -> None:
         title: str | None = typer.Option(None, "--title", help="Name shown for the feed."),
     ) -> None:
         """Subscribe to a feed (polled from the next `newsdesk ingest`)."""
-        from ingestion.poller import validate_feed_url
-
         s = settings()
-        reason = validate_feed_url(url, s)
-        if reason:
-            raise _fail(f"cannot add {url}: {reason}", 2)
+        try:
+            check_feed_url(url, s)  # before connecting: a bad URL is refused at once
+        except InvalidFeedURL as exc:
+            raise _fail(f"cannot add {url}: {exc}", 2) from None
 
         async def go() -> tuple[store.Feed, bool]:
             pool = await _pool(s)
             try:
-                return await store.add_feed(
-                    pool, url, title=title, interval_s=interval or s.feed_interval_s
-                )
+                return await subscribe(pool, url, s, title=title, interval_s=interval)
             finally:
                 await pool.close()
 
