@@ -1,11 +1,12 @@
-# The two commands of the README: `make run` (the stack on embedded defaults) and `make test`.
+# The two commands of the README: `make run` (the stack on embedded defaults) and `make test`
+# (everything, what CI runs); `make test-fast` runs the unit tier only.
 # Both do their own set-up from a fresh clone.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.newsdesk-installed
 
-.PHONY: setup browser run test lint bench clean
+.PHONY: setup browser run test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # The main job serves the adapter learnt by verified self-distillation (configs/adapters/,
-# README "Training"); NEWSDESK_MODEL_PROFILE=cpu-small make run serves the base model.
+# docs/training.md); NEWSDESK_MODEL_PROFILE=cpu-small make run serves the base model.
 run: setup
 	NEWSDESK_MODEL_PROFILE=$${NEWSDESK_MODEL_PROFILE:-cpu-small-selfdistill} $(BIN)/newsdesk up
 
@@ -38,6 +39,11 @@ browser:
 test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The unit tier (tests/tiers.py): no database, no model, no Ray; under two minutes here.
+test-fast: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m unit -q
 
 lint: setup
 	$(BIN)/ruff check .
