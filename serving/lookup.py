@@ -30,19 +30,14 @@ from cachetools import TTLCache
 from ingestion.article import Article
 from serving.cache import SummaryCache
 from serving.prompt import InputError, check_article
-from serving.result import ArticleError, Result
+from serving.result import ArticleError, Outcome, Result, SummarizerUnavailable
 from serving.store import ResultStore
 from serving.versions import Versions, cache_key
 
 log = logging.getLogger(__name__)
 
-Outcome = Result | ArticleError
 Source = Literal["local", "redis", "db", "model", "coalesced", "rejected"]
 SummarizeFn = Callable[[Article], Awaitable[Outcome]]
-
-
-class SummarizerUnavailable(RuntimeError):
-    """The Summarizer could not be reached (no replica, replica died twice, timed out)."""
 
 
 class VersionTracker:
