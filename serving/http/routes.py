@@ -4,7 +4,8 @@ makes the Starlette routes and ``/openapi.json`` from that one list.
 
 Handlers parse and validate, call the :class:`~serving.http.backend.ApiBackend`, and raise
 :class:`~serving.http.errors.ApiError` (or let the backend's typed errors through) for the
-error handlers to answer.
+error handlers to answer. (Over 400 lines: the one route list, with its OpenAPI text, sits
+beside the handlers it names, so a route is read and changed in one place.)
 """
 
 from __future__ import annotations
