@@ -45,7 +45,7 @@ from ingestion.feedlist import FeedSpec, add_feeds  # noqa: E402
 from ingestion.poller import Poller  # noqa: E402
 from ingestion.settings import Settings  # noqa: E402
 from serving.result import ImportanceParts, Result  # noqa: E402
-from serving.store import ResultStore  # noqa: E402
+from serving.store import ArticleQuery, ResultStore  # noqa: E402
 from serving.stories import (  # noqa: E402
     EMBEDDING_DIM,
     StoryAssigner,
@@ -202,9 +202,7 @@ async def reads(pool: asyncpg.Pool, settings: Settings) -> dict:
 
     stories_ms = await timed(lambda: list_stories(pool, StoryQuery(since=since, limit=30), **knobs))
     articles_ms = await timed(
-        lambda: store.list_articles(
-            since=since, min_importance=None, topic=None, limit=30, half_life_h=24.0
-        )
+        lambda: store.list_articles(ArticleQuery(since=since, limit=30, half_life_h=24.0))
     )
     return {"stories_p50_ms": stories_ms, "articles_p50_ms": articles_ms}
 

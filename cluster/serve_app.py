@@ -30,12 +30,9 @@ class ServeAppComponent:
 
         s = ctx.settings
         serve.start(http_options={"host": s.serve_host, "port": s.serve_port})
-        args = AppArgs(
-            profile=s.model_profile,
-            summarize_loop=s.summarize_loop_enabled,
-            # one replica scheduled as 1 CPU uses every core of this machine for torch
-            engine_threads=s.engine_threads or os.cpu_count() or 1,
-        )
+        # the stack's settings are the app's (profile, loop, database...); args only add
+        # that one replica scheduled as 1 CPU uses every core of this machine for torch
+        args = AppArgs(engine_threads=s.engine_threads or os.cpu_count() or 1)
         serve.run(compose(args, s), name=APP_NAME, route_prefix="/")
         self.url = f"http://{s.serve_host}:{s.serve_port}"
         ctx.values["serve_url"] = self.url

@@ -129,15 +129,21 @@ class SummarizerOptions(BaseModel):
 class AppArgs(BaseModel):
     """Arguments of :func:`build_app` (the ``args`` of an application in a Serve config).
 
-    ``database_url`` ... ``engine_threads`` override the matching ``NEWSDESK_*`` setting; any
-    other setting can be given under ``settings``. Unset ones come from the environment of the
-    process that builds the app (for ``serve deploy``: the Ray cluster's).
+    One direction only: AppArgs carries what the builder needs beyond :class:`Settings` (the
+    deployments' shape) plus overrides of settings; :func:`compose` applies them to a base
+    Settings and nothing goes back. ``profile`` and ``summarize_loop`` left null, and every
+    setting not overridden, come from the base: the environment of the process that builds
+    the app (for ``serve deploy``: the Ray cluster's), or the Settings a caller passes
+    (``newsdesk up``). ``database_url`` ... ``engine_threads`` override the matching
+    ``NEWSDESK_*`` setting; any other setting can be given under ``settings``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    profile: str = Field(
-        default="cpu-small", description="Model profile name (configs/models) or YAML path."
+    profile: str | None = Field(
+        default=None,
+        description="Model profile name (configs/models) or YAML path; null: "
+        "NEWSDESK_MODEL_PROFILE (default cpu-small).",
     )
     summarizer: SummarizerOptions = Field(default_factory=SummarizerOptions)
     cache_lookup_replicas: int = Field(default=1, ge=1)
@@ -157,24 +163,38 @@ class AppArgs(BaseModel):
         default_factory=dict, description="Other Settings fields (names without NEWSDESK_)."
     )
 
-    def to_settings(self, base: Settings | None = None) -> Settings:
-        """``base`` (default: read from the environment) with this app's overrides."""
+    def overrides(self) -> dict[str, Any]:
+        """The settings this app overrides, by Settings field name (not yet validated)."""
         overrides: dict[str, Any] = dict(self.settings)
-        for name in (
-            "database_url",
-            "redis_url",
-            "api_key",
-            "state_dir",
-            "cache_max_entries",
-            "cache_ttl_s",
-            "engine_threads",
-        ):
+        for name in _OVERRIDE_FIELDS:
             value = getattr(self, name)
             if value is not None:
                 overrides[name] = value
+        if self.profile is not None:
+            overrides["model_profile"] = self.profile
+        if self.summarize_loop is not None:
+            overrides["summarize_loop_enabled"] = self.summarize_loop
+        return overrides
+
+    def apply_to(self, base: Settings | None = None) -> Settings:
+        """``base`` (default: read from the environment) with this app's overrides."""
+        overrides = self.overrides()
         if base is None:
             return Settings(**overrides)
-        return Settings(**{**base.model_dump(), **overrides})
+        # validate the overrides alone (Settings' types and bounds), then lay them on base
+        checked = Settings(**overrides)
+        return base.model_copy(update={name: getattr(checked, name) for name in overrides})
+
+
+_OVERRIDE_FIELDS = (
+    "database_url",
+    "redis_url",
+    "api_key",
+    "state_dir",
+    "cache_max_entries",
+    "cache_ttl_s",
+    "engine_threads",
+)
 
 
 def summarizer_actor_options(profile: ModelProfile, options: SummarizerOptions) -> dict[str, Any]:
@@ -198,9 +218,10 @@ def build_app(args: AppArgs) -> Application:
 
 def compose(args: AppArgs, settings: Settings | None = None) -> Application:
     """Ingress -> CacheLookup -> Summarizer (+ the summarization loop), on ``settings``
-    (default: the environment's) with ``args``' overrides."""
-    settings = args.to_settings(settings)
-    profile = load_profile(args.profile)
+    (default: the environment's) with ``args``' overrides. The model profile is parsed here,
+    once, and the Summarizer gets the parsed ModelProfile."""
+    settings = args.apply_to(settings)
+    profile = load_profile(settings.model_profile)
     opts = args.summarizer
     batch = opts.user_config.max_batch_size
     scaling: dict[str, Any]
@@ -219,17 +240,14 @@ def compose(args: AppArgs, settings: Settings | None = None) -> Application:
         # loading a model takes a while on 2 cores; a slow health check must not kill it
         health_check_timeout_s=60,
         graceful_shutdown_timeout_s=60,
-    ).bind(args.profile, settings)
+    ).bind(profile, settings)
     lookup = CacheLookupDeployment.options(
         num_replicas=args.cache_lookup_replicas,
         max_ongoing_requests=LIGHT_MAX_ONGOING,
         ray_actor_options=LIGHT_ACTOR_OPTIONS,
     ).bind(summarizer, settings)
-    run_loop = args.summarize_loop
-    if run_loop is None:
-        run_loop = settings.summarize_loop_enabled
     loop = None
-    if run_loop:
+    if settings.summarize_loop_enabled:
         loop = SummarizationLoopDeployment.options(
             num_replicas=1,
             max_ongoing_requests=LIGHT_MAX_ONGOING,

@@ -64,6 +64,7 @@ from serving.importance import ArticleSignals, ImportanceScorer, blend, model_ra
 from serving.model_source import prepare_model
 from serving.profiles import ModelProfile, load_profile, resolve_dtype
 from serving.result import ArticleError, ImportanceParts, Result, Timings
+from serving.versions import Versions
 
 log = logging.getLogger(__name__)
 
@@ -391,6 +392,11 @@ class SummarizeEngine:
             return prompt_mod.PROMPT_VERSION
         guard = verifier.VERIFIER_VERSION + ("-report" if mode == "report" else "")
         return f"{prompt_mod.PROMPT_VERSION}+{guard}"
+
+    @property
+    def versions(self) -> Versions:
+        """What its outcomes are keyed by: model, adapter and prompt version (one value)."""
+        return Versions(self.model_id, self._adapter_id, self.prompt_version)
 
     @property
     def max_batch_size(self) -> int:

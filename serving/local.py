@@ -1,6 +1,6 @@
 """The API in one process, without Ray: the same routes, cache, store and batching code.
 
-:class:`LocalBackend` implements :class:`serving.api.ApiBackend` with a
+:class:`LocalBackend` implements :class:`serving.http.backend.ApiBackend` with a
 :class:`~serving.lookup.LookupService` over an in-process
 :class:`~serving.deployments.summarizer.Summarizer` (the engine, batched by the same
 ``@serve.batch`` code, which is plain asyncio). Used by tests of the routes and as the
@@ -13,17 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from typing import Any
 
 from ingestion.article import Article
 from ingestion.settings import Settings
-from serving.api import ApiConfig, build_api
+from serving.api import build_api
 from serving.cache import SummaryCache
 from serving.deployments.summarizer import Summarizer
-from serving.lookup import LookupService, Outcome, VersionTracker
+from serving.http.config import ApiConfig
+from serving.lookup import LookupService, VersionTracker
+from serving.result import Outcome
 from serving.schemas import Check
-from serving.store import ResultStore, StoredArticle
+from serving.store import ArticleQuery, ResultStore, StoredArticle
 from serving.stories import StoryList, StoryQuery, list_stories, story_list_args
 from serving.versions import Versions
 
@@ -122,22 +123,8 @@ class LocalBackend:
             raise RuntimeError("LocalBackend runs without a store")
         return self.lookup.store
 
-    async def list_articles(
-        self,
-        *,
-        since: datetime,
-        min_importance: float | None,
-        topic: str | None,
-        limit: int,
-        half_life_h: float,
-    ) -> list[StoredArticle]:
-        return await self._store().list_articles(
-            since=since,
-            min_importance=min_importance,
-            topic=topic,
-            limit=limit,
-            half_life_h=half_life_h,
-        )
+    async def list_articles(self, query: ArticleQuery) -> list[StoredArticle]:
+        return await self._store().list_articles(query)
 
     async def get_article(self, article_id: int) -> StoredArticle | None:
         return await self._store().get_article(article_id)

@@ -30,27 +30,28 @@ from cachetools import TTLCache
 from ingestion.article import Article
 from serving.cache import SummaryCache
 from serving.prompt import InputError, check_article
-from serving.result import ArticleError, Result
+from serving.result import ArticleError, Outcome, Result, SummarizerUnavailable
 from serving.store import ResultStore
 from serving.versions import Versions, cache_key
 
 log = logging.getLogger(__name__)
 
-Outcome = Result | ArticleError
 Source = Literal["local", "redis", "db", "model", "coalesced", "rejected"]
 SummarizeFn = Callable[[Article], Awaitable[Outcome]]
 
 
-class SummarizerUnavailable(RuntimeError):
-    """The Summarizer could not be reached (no replica, replica died twice, timed out)."""
-
-
 class VersionTracker:
-    """The Summarizer's current versions, refreshed in the background (never on the hot path).
+    """The Summarizer's current versions, as one caller knows them.
 
-    The first call waits for the Summarizer; later calls return what is known and start a
-    refresh when it is older than ``refresh_s``. A Result with other versions (an adapter
-    swapped by ``user_config``) updates it at once.
+    The versions are the engine's (``SummarizeEngine.versions``); the Summarizer reads them
+    at load and on an adapter swap, and every outcome it returns carries them: a Result with
+    other versions (an adapter swapped by ``user_config``) updates the tracker at once
+    (:meth:`observe`). The tracker asks the Summarizer only for its first value and, when
+    nothing told it for ``refresh_s``, again in the background (never on the hot path): that
+    is how a replica answering only cache hits learns of a swap. Serve cannot push to every
+    replica of another deployment, and a waiting "tell me when it changes" call would hold one
+    of the Summarizer's ``max_ongoing_requests`` slots (smaller batches), count as load for
+    its autoscaler and hold up its graceful shutdown.
     """
 
     def __init__(

@@ -116,3 +116,35 @@ class ArticleError(BaseModel):
 
 
 Outcome = Result | ArticleError
+"""What summarizing one article gives: its Result or why it has none (``kind`` tells which).
+Defined here only; :data:`serving.schemas.TaggedOutcome` is its discriminated form for the API."""
+
+
+class SummarizerUnavailable(Exception):
+    """No outcome at all: the Summarizer could not answer (no replica, a replica lost twice,
+    its queue full) or, with ``timed_out``, not within the API's time limit.
+
+    The one form "unavailable" takes from the lookup to the HTTP reply: raised by the lookup,
+    returned as is across the CacheLookup handle (a raised one would arrive as a RayTaskError,
+    see :mod:`serving.deployments.cache_lookup`), answered 503 (504 when timed out) by
+    :mod:`serving.http.errors`, and written in place as :meth:`as_error` in batch and stream
+    replies. Pickles with its fields (Exception keeps ``__dict__``).
+    """
+
+    def __init__(self, reason: str, *, timed_out: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.timed_out = timed_out
+
+    @property
+    def message(self) -> str:
+        return self.reason if self.timed_out else f"summarizer unavailable: {self.reason}"
+
+    def as_error(self, article_id: int | None, content_hash: str) -> ArticleError:
+        """The per-article form, for replies that answer each article in place."""
+        return ArticleError(
+            article_id=article_id,
+            content_hash=content_hash,
+            code="internal_error",
+            message=self.message,
+        )

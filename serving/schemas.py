@@ -13,9 +13,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ingestion.article import Article
-from serving.result import ArticleError, Result
+from serving.result import Outcome, Result
 
-Outcome = Annotated[Result | ArticleError, Field(discriminator="kind")]
+# serving.result.Outcome as the API reads and documents it: ``kind`` tells which model it is.
+TaggedOutcome = Annotated[Outcome, Field(discriminator="kind")]
 
 
 class ErrorInfo(BaseModel):
@@ -40,7 +41,7 @@ class BatchRequest(BaseModel):
 
 
 class BatchResponse(BaseModel):
-    results: list[Outcome] = Field(
+    results: list[TaggedOutcome] = Field(
         description="One outcome per article, in request order: a Result or an ArticleError "
         "(``kind`` tells which)."
     )
@@ -50,7 +51,7 @@ class StreamLine(BaseModel):
     """One line of the NDJSON stream, written as soon as that article's outcome is ready."""
 
     index: int = Field(ge=0, description="The article's position in the request.")
-    outcome: Outcome
+    outcome: TaggedOutcome
 
 
 class ArticleListQuery(BaseModel):

@@ -65,6 +65,18 @@ WHERE results.status = 'error'
 """
 
 
+@dataclass(frozen=True, slots=True)
+class ArticleQuery:
+    """What ``GET /v1/articles`` asks for, resolved (``since`` given, ranking from the
+    settings): one object from the route to the SQL, like :class:`serving.stories.StoryQuery`."""
+
+    since: datetime
+    min_importance: float | None = None
+    topic: str | None = None
+    limit: int = 50
+    half_life_h: float = 24.0
+
+
 @dataclass(slots=True)
 class StoredArticle:
     """A stored article with its latest Result (None while pending or failed)."""
@@ -211,16 +223,8 @@ class ResultStore:
         )
         return [article_from_row(r) for r in rows]
 
-    async def list_articles(
-        self,
-        *,
-        since: datetime,
-        min_importance: float | None,
-        topic: str | None,
-        limit: int,
-        half_life_h: float,
-    ) -> list[StoredArticle]:
-        """Summarized articles published since ``since``, ranked by importance and recency.
+    async def list_articles(self, query: ArticleQuery) -> list[StoredArticle]:
+        """Summarized articles published since ``query.since``, ranked by importance and recency.
 
         rank = importance x 0.5 ** (age in hours / half_life_h): a story loses half its weight
         per half-life, so a 90 from two days ago ranks below a 50 from this morning. Copies of
@@ -244,11 +248,11 @@ class ResultStore:
             ORDER BY rank DESC, a.published_at DESC, a.id DESC
             LIMIT $4
             """,
-            since,
-            min_importance,
-            topic,
-            limit,
-            half_life_h,
+            query.since,
+            query.min_importance,
+            query.topic,
+            query.limit,
+            query.half_life_h,
         )
         return [
             StoredArticle(

@@ -28,8 +28,7 @@ import asyncpg
 from ingestion.article import Article
 from ingestion.settings import Settings
 from serving import metrics
-from serving.lookup import Outcome
-from serving.result import Result
+from serving.result import Outcome, Result, SummarizerUnavailable
 from serving.store import ResultStore
 from serving.versions import Versions
 
@@ -101,13 +100,13 @@ class SummarizationLoop:
     async def _one(self, article: Article) -> str:
         try:
             outcome, source = await self._summarize(article)
+        except SummarizerUnavailable:
+            kind = "unavailable"
         except Exception as exc:
             log.warning("loop: article %s failed: %s", article.id, exc)
             kind = "unavailable"
         else:
-            if source == "unavailable":
-                kind = "unavailable"
-            elif isinstance(outcome, Result):
+            if isinstance(outcome, Result):
                 kind = "summarized" if source == "model" else "cached"
             else:
                 kind = "failed"

@@ -6,7 +6,9 @@ prompt makes every earlier summary stale at once, without deleting anything.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from serving.result import ArticleError, Result
 
@@ -47,3 +49,13 @@ def cache_key(content_hash: str, versions: Versions) -> str:
         f"newsdesk:result:{versions.prompt_version}:{versions.model_id}:"
         f"{versions.adapter_key or '-'}:{content_hash}"
     )
+
+
+def summarizer_versions(summarizer: Any) -> Callable[[], Awaitable[Versions]]:
+    """How a deployment asks the Summarizer (its DeploymentHandle) for the versions it serves;
+    see :class:`serving.lookup.VersionTracker` for when it asks."""
+
+    async def fetch() -> Versions:
+        return await summarizer.versions.remote()
+
+    return fetch

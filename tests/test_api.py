@@ -6,6 +6,7 @@ database; the model is never reached by these requests (its loader fails the tes
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -273,3 +274,51 @@ async def test_articles_are_ranked_by_importance_and_recency(
         assert pending["status"] == "pending" and pending["result"] is None
     finally:
         await store.close()
+
+
+async def test_an_unavailable_summarizer_is_503_504_or_an_error_in_place(
+    api_settings: Settings,
+) -> None:
+    from serving.api import build_api
+    from serving.http.config import ApiConfig
+    from serving.result import SummarizerUnavailable
+
+    class Down(LocalBackend):
+        async def summarize(self, article):  # type: ignore[no-untyped-def]
+            raise SummarizerUnavailable("replica lost twice: gone")
+
+    backend = Down(api_settings, _no_model, use_store=False)
+    await backend.startup()
+    transport = httpx.ASGITransport(app=build_api(backend, ApiConfig.from_settings(api_settings)))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            one = await client.post("/v1/summarize", json={"title": "t", "text": "x"}, headers=AUTH)
+            error = _assert_error(one, 503, "unavailable")
+            assert error["message"] == "summarizer unavailable: replica lost twice: gone"
+            assert one.headers["retry-after"] == "5"
+            batch = await client.post(
+                "/v1/summarize/batch",
+                json={"articles": [{"title": "t", "text": "x"}]},
+                headers=AUTH,
+            )
+            (outcome,) = batch.json()["results"]
+            assert outcome["kind"] == "error" and outcome["code"] == "internal_error"
+            assert outcome["message"] == error["message"]
+
+        slow = ApiConfig.from_settings(api_settings)
+        slow = ApiConfig(**{**slow.__dict__, "summarizer_timeout_s": 0.01})
+
+        class Slow(LocalBackend):
+            async def summarize(self, article):  # type: ignore[no-untyped-def]
+                await asyncio.sleep(1)
+
+        transport = httpx.ASGITransport(
+            app=build_api(Slow(api_settings, _no_model, use_store=False), slow)
+        )
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            late = await client.post(
+                "/v1/summarize", json={"title": "t", "text": "x"}, headers=AUTH
+            )
+            assert _assert_error(late, 504, "timeout")["message"] == "no summary within 0.01 s"
+    finally:
+        await backend.shutdown()

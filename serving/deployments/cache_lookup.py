@@ -4,9 +4,20 @@ Runs :class:`serving.lookup.LookupService` with a DeploymentHandle to the Summar
 it. One article per call, so that ``@serve.batch`` in the Summarizer batches articles from all
 callers together and Serve spreads them over the Summarizer replicas.
 
-A Summarizer replica that dies mid-request (``ActorDiedError`` / unavailable) is retried once:
-Serve routes the retry to a live replica, or waits for the restarted one. A second failure
-comes back as ``(ArticleError, "unavailable")``; nothing is dropped without a reply.
+**The one retry hop.** A Summarizer replica that dies mid-request (``ActorDiedError`` /
+unavailable) is retried once, here: Serve routes the retry to a live replica, or waits for the
+restarted one. This is the hop to retry because model replicas are the ones that die (out of
+memory, killed mid-batch), the retry resends one article without repeating the cache and store
+lookups, and callers waiting for the same text share the retried call (the lookup coalesces
+them). Summarizing is idempotent (the store keeps the first Result), so a retry is safe. The
+Ingress and the loop do not retry their call to this light deployment: a second retry layer
+would multiply the attempts (and the wait) for a request the Summarizer cannot serve; a lost
+CacheLookup replica is answered 503 with Retry-After.
+
+**Unavailable.** A second failure is a :class:`~serving.result.SummarizerUnavailable`, which
+:meth:`CacheLookup.summarize` *returns* (a raised exception would cross the handle as a
+RayTaskError with a traceback for its text, and be logged as a failed request); callers get
+it back raised, as is, from :func:`summarize_via`. Nothing is dropped without a reply.
 """
 
 from __future__ import annotations
@@ -23,15 +34,15 @@ from ray.serve.handle import DeploymentHandle
 from ingestion.article import Article
 from ingestion.settings import Settings
 from serving.cache import SummaryCache
-from serving.lookup import LookupService, Outcome, SummarizerUnavailable, VersionTracker
-from serving.result import ArticleError
-from serving.store import ResultStore
-from serving.versions import Versions
+from serving.lookup import LookupService, Source, VersionTracker
+from serving.result import Outcome, SummarizerUnavailable
+from serving.store_handle import StoreHandle
+from serving.versions import Versions, summarizer_versions
 
 log = logging.getLogger(__name__)
 
 RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
-STORE_RETRY_S = 10.0
+Reply = tuple[Outcome, Source] | SummarizerUnavailable
 
 
 class CacheLookup:
@@ -42,43 +53,14 @@ class CacheLookup:
         version_refresh_s: float = 2.0,
     ) -> None:
         self._summarizer = summarizer
-        self._settings = settings
         self.service = LookupService(
             cache=SummaryCache.from_settings(settings),
             summarize=self._call_summarizer,
-            versions=VersionTracker(self._fetch_versions, refresh_s=version_refresh_s),
+            versions=VersionTracker(summarizer_versions(summarizer), refresh_s=version_refresh_s),
         )
-        self._store_lock = asyncio.Lock()
-        self._store_failed_at: float | None = None
-        self._store_error: str | None = None
-
-    async def _ensure_store(self) -> None:
-        """Open the store lazily on this replica's loop; retry a failed open every 10 s.
-
-        Without a database the service still answers (cache + model): results are then not
-        stored, and ``/readyz`` says so.
-        """
-        if self.service.store is not None:
-            return
-        loop = asyncio.get_running_loop()
-        if (
-            self._store_failed_at is not None
-            and loop.time() - self._store_failed_at < STORE_RETRY_S
-        ):
-            return
-        async with self._store_lock:
-            if self.service.store is not None:
-                return
-            try:
-                self.service.store = await ResultStore.open(self._settings)
-                self._store_error = None
-            except Exception as exc:
-                self._store_failed_at = loop.time()
-                self._store_error = f"{type(exc).__name__}: {exc}"
-                log.warning("result store unavailable: %s", self._store_error)
-
-    async def _fetch_versions(self) -> Versions:
-        return await self._summarizer.versions.remote()
+        # Without a database the service still answers (cache + model): results are then not
+        # stored, and /readyz says so.
+        self._store = StoreHandle(settings)
 
     async def _call_summarizer(self, article: Article) -> Outcome:
         for attempt in (1, 2):
@@ -95,19 +77,13 @@ class CacheLookup:
                 raise SummarizerUnavailable(f"{type(exc).__name__}: {exc}") from None
         raise AssertionError("unreachable")
 
-    async def summarize(self, article: Article) -> tuple[Outcome, str]:
-        """``(outcome, source)``; source is local, redis, db, model or unavailable."""
-        await self._ensure_store()
+    async def summarize(self, article: Article) -> Reply:
+        """``(outcome, source)``, or the SummarizerUnavailable (returned: see the docstring)."""
+        self.service.store = await self._store.get()
         try:
             return await self.service.summarize(article)
         except SummarizerUnavailable as exc:
-            error = ArticleError(
-                article_id=article.id,
-                content_hash=article.content_hash,
-                code="internal_error",
-                message=str(exc),
-            )
-            return error, "unavailable"
+            return exc
 
     async def versions(self) -> Versions | None:
         return self.service.versions.current
@@ -119,12 +95,27 @@ class CacheLookup:
         return cache.redis_state
 
     async def stats(self) -> dict[str, Any]:
-        await self._ensure_store()
+        self.service.store = await self._store.get()
         return {
             **self.service.stats(),
             "replica": _replica_id(),
-            "store": "ok" if self.service.store is not None else self._store_error,
+            "store": "ok" if self.service.store is not None else self._store.error,
         }
+
+
+async def summarize_via(cache_lookup: DeploymentHandle, article: Article) -> tuple[Outcome, str]:
+    """One article through CacheLookup, for its callers (the Ingress, the loop).
+
+    Raises :class:`~serving.result.SummarizerUnavailable`: the one CacheLookup returned, or
+    one for a CacheLookup that could not be reached (not retried: see the module docstring).
+    """
+    try:
+        reply = await cache_lookup.summarize.remote(article)
+    except (ray.exceptions.RayError, RayServeException) as exc:
+        raise SummarizerUnavailable(f"{type(exc).__name__}: {exc}") from None
+    if isinstance(reply, SummarizerUnavailable):
+        raise reply
+    return reply
 
 
 def _replica_id() -> str | None:

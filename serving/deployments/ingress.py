@@ -6,36 +6,40 @@ every deployment."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-from datetime import datetime
 from typing import Any
 
 import asyncpg
-import ray.exceptions
 from ray import serve
-from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
 from ingestion.article import Article
 from ingestion.settings import Settings
-from serving.api import ApiConfig, BackendUnavailable, build_api
-from serving.lookup import NearCache, Outcome, SummarizerUnavailable, VersionTracker
+from serving.api import build_api
+from serving.deployments.cache_lookup import summarize_via
+from serving.http.config import ApiConfig
+from serving.http.errors import BackendUnavailable
+from serving.lookup import NearCache, VersionTracker
+from serving.result import Outcome
 from serving.schemas import Check
-from serving.store import ResultStore, StoredArticle
+from serving.store import ArticleQuery, ResultStore, StoredArticle
+from serving.store_handle import StoreHandle
 from serving.stories import StoryList, StoryQuery, list_stories, story_list_args
-from serving.versions import Versions
+from serving.versions import summarizer_versions
 
 log = logging.getLogger(__name__)
 
 ADMIN_TIMEOUT_S = 5.0
 DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
-STORE_RETRY_S = 10.0
+
+
+class DatabaseUnavailable(BackendUnavailable):
+    pass
 
 
 class ServeBackend:
-    """:class:`serving.api.ApiBackend` over the application's DeploymentHandles."""
+    """:class:`serving.http.backend.ApiBackend` over the application's DeploymentHandles."""
 
     def __init__(
         self,
@@ -48,90 +52,38 @@ class ServeBackend:
         self._summarizer = summarizer
         self._loop = loop
         self._settings = settings
-        self._store: ResultStore | None = None
-        self._store_error: str | None = None
-        self._store_failed_at: float | None = None
-        self._store_lock: asyncio.Lock | None = None
+        self._store = StoreHandle(settings)
         self._near = NearCache(
-            VersionTracker(self._fetch_versions),
+            VersionTracker(summarizer_versions(summarizer)),
             max_entries=settings.cache_ingress_entries,
             ttl_s=settings.cache_ttl_s,
         )
 
-    async def _fetch_versions(self) -> Versions:
-        return await self._summarizer.versions.remote()
-
     async def startup(self) -> None:
-        await self._get_store()
+        await self._store.get()
 
     async def shutdown(self) -> None:
-        if self._store is not None:
-            await self._store.close()
-
-    async def _get_store(self) -> ResultStore | None:
-        if self._store is not None:
-            return self._store
-        loop = asyncio.get_running_loop()
-        if (
-            self._store_failed_at is not None
-            and loop.time() - self._store_failed_at < STORE_RETRY_S
-        ):
-            return None
-        self._store_lock = self._store_lock or asyncio.Lock()
-        async with self._store_lock:
-            if self._store is None:
-                try:
-                    self._store = await ResultStore.open(self._settings)
-                    self._store_error = None
-                except Exception as exc:
-                    self._store_failed_at = loop.time()
-                    self._store_error = f"{type(exc).__name__}: {exc}"
-                    log.warning("database unavailable: %s", self._store_error)
-        return self._store
+        await self._store.close()
 
     async def _require_store(self) -> ResultStore:
-        store = await self._get_store()
+        store = await self._store.get()
         if store is None:
-            raise DatabaseUnavailable(self._store_error or "database unavailable")
+            raise DatabaseUnavailable(self._store.error or "database unavailable")
         return store
 
     async def summarize(self, article: Article) -> tuple[Outcome, str]:
+        """A hot Result from this replica, else CacheLookup's; raises SummarizerUnavailable."""
         hot = await self._near.get(article)
         if hot is not None:
             return hot, "local"
-        for attempt in (1, 2):
-            try:
-                outcome, source = await self._lookup.summarize.remote(article)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
-                if attempt == 2:
-                    raise SummarizerUnavailable(f"CacheLookup lost twice: {exc}") from None
-                continue
-            except (ray.exceptions.RayError, RayServeException) as exc:
-                raise SummarizerUnavailable(f"{type(exc).__name__}: {exc}") from None
-            if source == "unavailable":
-                raise SummarizerUnavailable(outcome.message)
-            self._near.put(article, outcome)
-            return outcome, source
-        raise AssertionError("unreachable")
+        outcome, source = await summarize_via(self._lookup, article)
+        self._near.put(article, outcome)
+        return outcome, source
 
-    async def list_articles(
-        self,
-        *,
-        since: datetime,
-        min_importance: float | None,
-        topic: str | None,
-        limit: int,
-        half_life_h: float,
-    ) -> list[StoredArticle]:
+    async def list_articles(self, query: ArticleQuery) -> list[StoredArticle]:
         store = await self._require_store()
         try:
-            return await store.list_articles(
-                since=since,
-                min_importance=min_importance,
-                topic=topic,
-                limit=limit,
-                half_life_h=half_life_h,
-            )
+            return await store.list_articles(query)
         except DB_ERRORS as exc:
             raise DatabaseUnavailable(f"database error: {exc}") from None
 
@@ -166,9 +118,9 @@ class ServeBackend:
         return Check(ok=True, detail=detail)
 
     async def _db_check(self) -> Check:
-        store = await self._get_store()
+        store = await self._store.get()
         if store is None:
-            return Check(ok=False, detail=self._store_error or "database unavailable")
+            return Check(ok=False, detail=self._store.error or "database unavailable")
         if not await store.ping():
             return Check(ok=False, detail="database not answering")
         return Check(ok=True, detail="reachable")
@@ -187,9 +139,9 @@ class ServeBackend:
                 return {"error": f"{type(exc).__name__}: {exc}"}
 
         async def rates() -> Any:
-            store = await self._get_store()
+            store = await self._store.get()
             if store is None:
-                return {"error": self._store_error}
+                return {"error": self._store.error}
             return await ask(store.rates())
 
         lookup, summarizer, throughput, loop = await asyncio.gather(
@@ -208,10 +160,6 @@ class ServeBackend:
         }
 
 
-class DatabaseUnavailable(BackendUnavailable):
-    pass
-
-
 async def _none() -> None:
     return None
 
@@ -226,9 +174,7 @@ class Ingress:
         loop: DeploymentHandle | None = None,
     ) -> None:
         self._backend = ServeBackend(cache_lookup, summarizer, settings, loop)
-        self._config = dataclasses.replace(
-            ApiConfig.from_settings(settings), behind_serve_proxy=True
-        )
+        self._config = ApiConfig.from_settings(settings, behind_serve_proxy=True)
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         return build_api(self._backend, self._config)

@@ -14,15 +14,14 @@ from ray.serve.handle import DeploymentHandle
 
 from ingestion.article import Article
 from ingestion.settings import Settings
-from serving.lookup import Outcome
-from serving.store import ResultStore
+from serving.deployments.cache_lookup import summarize_via
+from serving.result import Outcome
+from serving.store_handle import StoreHandle
 from serving.stories import StoryAssigner
 from serving.summarize_loop import SummarizationLoop
 from serving.versions import Versions
 
 log = logging.getLogger(__name__)
-
-STORE_RETRY_S = 10.0
 
 
 class LoopRunner:
@@ -33,26 +32,18 @@ class LoopRunner:
         self._summarizer = summarizer
         self._settings = settings
         self._loop: SummarizationLoop | None = None
-        self._store_error: str | None = None
+        self._store = StoreHandle(settings)
         self._stories: StoryAssigner | None = None  # story grouping, beside the loop
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _summarize(self, article: Article) -> tuple[Outcome, str]:
-        return await self._cache_lookup.summarize.remote(article)
+        return await summarize_via(self._cache_lookup, article)
 
     async def _versions(self) -> Versions:
         return await self._summarizer.versions.remote()
 
     async def _run(self) -> None:
-        store: ResultStore | None = None
-        while store is None:
-            try:
-                store = await ResultStore.open(self._settings)
-            except Exception as exc:  # the database is not up yet: wait for it
-                self._store_error = f"{type(exc).__name__}: {exc}"
-                log.warning("summarization loop waits for the database: %s", self._store_error)
-                await asyncio.sleep(STORE_RETRY_S)
-        self._store_error = None
+        store = await self._store.wait()  # the database may not be up yet
         self._loop = SummarizationLoop(
             store=store, summarize=self._summarize, versions=self._versions, settings=self._settings
         )
@@ -70,7 +61,7 @@ class LoopRunner:
 
     async def status(self) -> dict[str, Any]:
         if self._loop is None:
-            return {"running": False, "waiting_for_database": self._store_error}
+            return {"running": False, "waiting_for_database": self._store.error}
         stories = self._stories.status() if self._stories is not None else None
         return {"running": not self._task.done(), **self._loop.status(), "stories": stories}
 

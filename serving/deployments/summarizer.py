@@ -34,13 +34,13 @@ from ingestion.article import Article
 from ingestion.settings import Settings
 from serving import metrics
 from serving.engine import SummarizeEngine
-from serving.result import ArticleError, Result
+from serving.profiles import ModelProfile
+from serving.result import ArticleError, Outcome, Result
 from serving.versions import Versions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Outcome = Result | ArticleError
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_S = 0.05
 
@@ -58,11 +58,16 @@ class SummarizerConfig(BaseModel):
 
 
 class Summarizer:
-    """A model replica. ``engine`` may be given (tests share one); otherwise it is loaded."""
+    """A model replica. ``engine`` may be given (tests share one); otherwise it is loaded from
+    ``profile`` (the app builder passes the ModelProfile it parsed; a name or path works too).
+
+    Its versions (model, adapter, prompt) are the engine's, read once at load and again when
+    ``reconfigure`` swaps the adapter; every outcome it returns carries them, which is how the
+    callers' :class:`~serving.lookup.VersionTracker` learns of a change first."""
 
     def __init__(
         self,
-        profile: str,
+        profile: ModelProfile | str,
         settings: Settings,
         engine: SummarizeEngine | None = None,
     ) -> None:
@@ -76,6 +81,7 @@ class Summarizer:
             engine or self._executor.submit(SummarizeEngine.load, profile, settings).result()
         )
         self.load_s = time.perf_counter() - started
+        self._versions: Versions = self._engine.versions
         self._config = SummarizerConfig()
         self._adapter_error: str | None = None
         self._inflight = 0  # summarize() calls not yet answered
@@ -107,6 +113,7 @@ class Summarizer:
             else:
                 self._adapter_error = None
                 log.info("adapter now %s", self._engine.adapter_id)
+            self._versions = self._engine.versions
         self._config = config
 
     async def _on_engine_thread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -155,9 +162,7 @@ class Summarizer:
             content_hash=article.content_hash,
             code="internal_error",
             message=message,
-            model_id=self._engine.model_id,
-            adapter_id=self._engine.adapter_id,
-            prompt_version=self._engine.prompt_version,
+            **self._versions.as_dict(),  # type: ignore[arg-type]
         )
 
     # --- introspection ----------------------------------------------------------------------
@@ -168,7 +173,7 @@ class Summarizer:
         return max(0, self._inflight - self._running)
 
     def versions(self) -> Versions:
-        return Versions(self._engine.model_id, self._engine.adapter_id, self._engine.prompt_version)
+        return self._versions
 
     def info(self) -> dict[str, Any]:
         batches = sum(self._batch_sizes.values())

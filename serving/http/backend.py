@@ -1,0 +1,45 @@
+"""What the routes need from the rest of the application: :class:`ApiBackend`.
+
+The Ingress deployment implements it with DeploymentHandles
+(:class:`serving.deployments.ingress.ServeBackend`), :class:`serving.local.LocalBackend` in one
+process; the routes see no difference.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ingestion.article import Article
+from serving.result import Outcome
+from serving.schemas import Check
+from serving.store import ArticleQuery, StoredArticle
+from serving.stories import StoryList, StoryQuery
+
+
+class ApiBackend(Protocol):
+    async def startup(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+    async def summarize(self, article: Article) -> tuple[Outcome, str]:
+        """The outcome and its source (local, redis, db, model, coalesced, rejected).
+
+        Raises :class:`serving.result.SummarizerUnavailable` when the Summarizer cannot answer.
+        """
+        ...
+
+    async def list_articles(self, query: ArticleQuery) -> list[StoredArticle]:
+        """Ranked summarized articles. Raises BackendUnavailable without a database."""
+        ...
+
+    async def get_article(self, article_id: int) -> StoredArticle | None: ...
+
+    async def list_stories(self, query: StoryQuery) -> StoryList:
+        """Ranked stories (serving.stories.list_stories with the settings' ranking)."""
+        ...
+
+    async def readiness(self) -> tuple[dict[str, Check], dict[str, str]]:
+        """Gating checks (all must pass) and informational states."""
+        ...
+
+    async def stats(self) -> dict[str, Any]: ...

@@ -1,0 +1,35 @@
+"""The API's own settings (limits, key, time limit), taken from :class:`Settings` once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+from ingestion.settings import Settings
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    api_key: str | None = None
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_batch_articles: int = 64
+    max_list_limit: int = 200
+    rank_half_life_h: float = 24.0
+    summarizer_timeout_s: float = 900.0
+    # Behind Serve's HTTP proxy: it gives each request an X-Request-ID (or passes the client's
+    # on) and echoes it in the response itself; the app uses that id and adds no header.
+    behind_serve_proxy: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, behind_serve_proxy: bool = False) -> ApiConfig:
+        key = settings.api_key
+        return cls(
+            api_key=key.get_secret_value() if isinstance(key, SecretStr) else key,
+            max_body_bytes=settings.api_max_body_bytes,
+            max_batch_articles=settings.api_max_batch_articles,
+            max_list_limit=settings.api_max_list_limit,
+            rank_half_life_h=settings.api_rank_half_life_h,
+            summarizer_timeout_s=settings.summarizer_timeout_s,
+            behind_serve_proxy=behind_serve_proxy,
+        )
