@@ -55,7 +55,7 @@ from serving.schemas import (
     StreamLine,
 )
 from serving.store import StoredArticle
-from serving.stories import StoryList, StoryQuery
+from serving.stories.schemas import StoryList, StoryQuery
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class ApiBackend(Protocol):
     async def get_article(self, article_id: int) -> StoredArticle | None: ...
 
     async def list_stories(self, query: StoryQuery) -> StoryList:
-        """Ranked stories (serving.stories.list_stories with the settings' ranking)."""
+        """Ranked stories (serving.stories.ranking.list_stories with the settings' ranking)."""
         ...
 
     async def readiness(self) -> tuple[dict[str, Check], dict[str, str]]:

@@ -24,7 +24,8 @@ from serving.api import ApiConfig, BackendUnavailable, build_api
 from serving.lookup import NearCache, Outcome, SummarizerUnavailable, VersionTracker
 from serving.schemas import Check
 from serving.store import ResultStore, StoredArticle
-from serving.stories import StoryList, StoryQuery, list_stories, story_list_args
+from serving.stories.ranking import list_stories, story_list_args
+from serving.stories.schemas import StoryList, StoryQuery
 from serving.versions import Versions
 
 log = logging.getLogger(__name__)
