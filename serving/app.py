@@ -5,7 +5,7 @@
     HTTP ──► Ingress ──► CacheLookup ──► Summarizer × N  (@serve.batch → engine)
                │            ▲
                │            └── SummarizationLoop (stored articles without a summary)
-               │                  └╌╌ StoryAssigner (groups stored articles into stories)
+               │                  └╌╌ StoryAssigner (stories; the loop reports its status)
                └── PostgreSQL (article reads), /readyz, /v1/stats
 
 ``serve deploy serve_config.yaml`` (or ``serve run``) calls :func:`build_app` with the

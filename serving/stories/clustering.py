@@ -1,7 +1,7 @@
 """The story assignment rule, as pure functions over articles and vectors (no database):
 the order articles are assigned in, the in-memory nearest-story search of the window, when an
-article joins the nearest story, and how a story's centroid moves. :func:`serving.stories.store.
-assign_articles` applies it inside its transaction."""
+article joins the nearest story, and how a story's centroid moves.
+:func:`serving.stories.store.assign_articles` applies it inside its transaction."""
 
 from __future__ import annotations
 
