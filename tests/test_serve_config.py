@@ -108,3 +108,15 @@ def _summarizer_options(args: AppArgs) -> dict[str, Any]:
     built = serve_build_app(compose(args), name="t")
     (summarizer,) = [d for d in built.deployments if d.name == "Summarizer"]
     return dict(summarizer.ray_actor_options or {})
+
+
+def test_story_assigner_runs_beside_the_loop_when_stories_are_enabled() -> None:
+    def names(args: AppArgs) -> set[str]:
+        return {d.name for d in serve_build_app(compose(args), name="t").deployments}
+
+    both = names(AppArgs(summarize_loop=True, settings={"stories_enabled": True}))
+    assert {"SummarizationLoop", "StoryAssigner"} <= both
+    no_stories = names(AppArgs(summarize_loop=True, settings={"stories_enabled": False}))
+    assert "SummarizationLoop" in no_stories and "StoryAssigner" not in no_stories
+    no_loop = names(AppArgs(summarize_loop=False, settings={"stories_enabled": True}))
+    assert not {"SummarizationLoop", "StoryAssigner"} & no_loop
