@@ -46,16 +46,12 @@ from ingestion.poller import Poller  # noqa: E402
 from ingestion.settings import Settings  # noqa: E402
 from serving.result import ImportanceParts, Result  # noqa: E402
 from serving.store import ArticleQuery, ResultStore  # noqa: E402
-from serving.stories import (  # noqa: E402
-    EMBEDDING_DIM,
-    StoryAssigner,
-    StoryEmbedder,
-    StoryQuery,
-    _Candidates,
-    assign_articles,
-    list_stories,
-    story_list_args,
-)
+from serving.stories.clustering import Candidates  # noqa: E402
+from serving.stories.embedder import EMBEDDING_DIM, StoryEmbedder  # noqa: E402
+from serving.stories.ranking import list_stories, story_list_args  # noqa: E402
+from serving.stories.schemas import StoryQuery  # noqa: E402
+from serving.stories.store import assign_articles  # noqa: E402
+from serving.stories.worker import StoryAssigner  # noqa: E402
 
 
 def load_avg() -> str:
@@ -141,7 +137,7 @@ async def scale(pool: asyncpg.Pool, n_stories: int, rng: np.random.Generator) ->
         started = time.perf_counter()
         await assign_articles(conn, articles, vectors, threshold=0.8, window_h=48)
         assign_s = time.perf_counter() - started
-    cands = _Candidates(
+    cands = Candidates(
         ids=list(range(n_stories)),
         centroids=centroids,
         first=[now.timestamp()] * n_stories,

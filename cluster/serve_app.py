@@ -2,7 +2,8 @@
 
 Starts Serve's HTTP proxy on ``serve_host:serve_port`` in the stack's Ray and runs
 ``serving.app`` (Ingress -> CacheLookup -> Summarizer, plus the summarization loop when
-``summarize_loop_enabled``) on the stack's database; stops it before Ray goes down.
+``summarize_loop_enabled`` and beside it the story assigner when ``stories_enabled``) on the
+stack's database; stops it before Ray goes down.
 """
 
 from __future__ import annotations

@@ -265,5 +265,5 @@ def default_components(settings: Settings, *, dashboard: bool = True) -> list[Co
         FeedsComponent(),
         SampleFeedsComponent(),  # NEWSDESK_SAMPLE_FEEDS: real ABC text, offline (product)
         PollerComponent(),
-        ServeAppComponent(),  # the Serve app + summarization loop (serving)
+        ServeAppComponent(),  # the Serve app + summarization loop + story assigner (serving)
     ]

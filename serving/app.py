@@ -5,6 +5,7 @@
     HTTP ──► Ingress ──► CacheLookup ──► Summarizer × N  (@serve.batch → engine)
                │            ▲
                │            └── SummarizationLoop (stored articles without a summary)
+               │                  └╌╌ StoryAssigner (stories; the loop reports its status)
                └── PostgreSQL (article reads), /readyz, /v1/stats
 
 ``serve deploy serve_config.yaml`` (or ``serve run``) calls :func:`build_app` with the
@@ -29,6 +30,7 @@ from ingestion.settings import Settings
 from serving.deployments.cache_lookup import CacheLookupDeployment
 from serving.deployments.ingress import IngressDeployment
 from serving.deployments.loop import SummarizationLoopDeployment
+from serving.deployments.stories import StoryAssignerDeployment
 from serving.deployments.summarizer import SummarizerConfig, SummarizerDeployment
 from serving.profiles import ModelProfile, load_profile
 
@@ -217,9 +219,10 @@ def build_app(args: AppArgs) -> Application:
 
 
 def compose(args: AppArgs, settings: Settings | None = None) -> Application:
-    """Ingress -> CacheLookup -> Summarizer (+ the summarization loop), on ``settings``
-    (default: the environment's) with ``args``' overrides. The model profile is parsed here,
-    once, and the Summarizer gets the parsed ModelProfile."""
+    """Ingress -> CacheLookup -> Summarizer (+ the summarization loop and, with
+    ``stories_enabled``, the story assigner), on ``settings`` (default: the environment's)
+    with ``args``' overrides. The model profile is parsed here, once, and the Summarizer gets
+    the parsed ModelProfile."""
     settings = args.apply_to(settings)
     profile = load_profile(settings.model_profile)
     opts = args.summarizer
@@ -248,11 +251,18 @@ def compose(args: AppArgs, settings: Settings | None = None) -> Application:
     ).bind(summarizer, settings)
     loop = None
     if settings.summarize_loop_enabled:
+        stories = None
+        if settings.stories_enabled:  # stories are grouped beside the loop, as it runs
+            stories = StoryAssignerDeployment.options(
+                num_replicas=1,
+                max_ongoing_requests=LIGHT_MAX_ONGOING,
+                ray_actor_options=LIGHT_ACTOR_OPTIONS,
+            ).bind(settings)
         loop = SummarizationLoopDeployment.options(
             num_replicas=1,
             max_ongoing_requests=LIGHT_MAX_ONGOING,
             ray_actor_options=LIGHT_ACTOR_OPTIONS,
-        ).bind(lookup, summarizer, settings)
+        ).bind(lookup, summarizer, settings, stories)
     return IngressDeployment.options(
         num_replicas=args.ingress_replicas,
         max_ongoing_requests=LIGHT_MAX_ONGOING,

@@ -26,7 +26,7 @@ from serving.deployments.summarizer import Summarizer
 from serving.local import LocalBackend, local_app
 from serving.result import ArticleError, Result
 from serving.store import ResultStore
-from serving.stories import assign_articles
+from serving.stories.store import assign_articles
 from serving.verifier import Evidence, VerifierReport, check, verify
 from serving.versions import Versions
 from tests.serve_support import make_result, sample_article, store_articles

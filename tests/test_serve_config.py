@@ -19,7 +19,7 @@ from serving.deployments.summarizer import SummarizerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"local": ROOT / "serve_config.yaml", "gpu": ROOT / "cluster" / "serve_config.gpu.yaml"}
-EXPECTED = {"Ingress", "CacheLookup", "Summarizer", "SummarizationLoop"}
+EXPECTED = {"Ingress", "CacheLookup", "Summarizer", "SummarizationLoop", "StoryAssigner"}
 
 
 def _built(config_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -61,7 +61,7 @@ def test_config_builds_the_whole_application(which: str) -> None:
     user_config = SummarizerConfig.model_validate(summarizer["user_config"])
     # @serve.batch batches are capped by max_ongoing_requests
     assert summarizer["max_ongoing_requests"] >= user_config.max_batch_size
-    for light in ("Ingress", "CacheLookup", "SummarizationLoop"):
+    for light in ("Ingress", "CacheLookup", "SummarizationLoop", "StoryAssigner"):
         assert deployments[light]["ray_actor_options"]["num_cpus"] == 0
         assert deployments[light]["max_ongoing_requests"] >= 100
 
@@ -86,7 +86,7 @@ def test_gpu_config_asks_for_gpus_autoscaling_and_redis() -> None:
     assert summarizer["ray_actor_options"]["num_gpus"] == 1
     scaling = summarizer["autoscaling_config"]
     assert scaling is not None and scaling.min_replicas >= 2 and scaling.max_replicas >= 4
-    for light in ("Ingress", "CacheLookup", "SummarizationLoop"):
+    for light in ("Ingress", "CacheLookup", "SummarizationLoop", "StoryAssigner"):
         assert "newsdesk_cpu" in deployments[light]["ray_actor_options"]["resources"]
 
 
@@ -108,3 +108,15 @@ def _summarizer_options(args: AppArgs) -> dict[str, Any]:
     built = serve_build_app(compose(args), name="t")
     (summarizer,) = [d for d in built.deployments if d.name == "Summarizer"]
     return dict(summarizer.ray_actor_options or {})
+
+
+def test_story_assigner_runs_beside_the_loop_when_stories_are_enabled() -> None:
+    def names(args: AppArgs) -> set[str]:
+        return {d.name for d in serve_build_app(compose(args), name="t").deployments}
+
+    both = names(AppArgs(summarize_loop=True, settings={"stories_enabled": True}))
+    assert {"SummarizationLoop", "StoryAssigner"} <= both
+    no_stories = names(AppArgs(summarize_loop=True, settings={"stories_enabled": False}))
+    assert "SummarizationLoop" in no_stories and "StoryAssigner" not in no_stories
+    no_loop = names(AppArgs(summarize_loop=False, settings={"stories_enabled": True}))
+    assert not {"SummarizationLoop", "StoryAssigner"} & no_loop

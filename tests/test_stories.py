@@ -28,17 +28,13 @@ from ingestion.settings import Settings
 from serving.local import LocalBackend, local_app
 from serving.result import ImportanceParts, Result
 from serving.store import ResultStore
-from serving.stories import (
-    StoryAssigner,
-    StoryEmbedder,
-    StoryQuery,
-    assign_articles,
-    list_stories,
-    story_list_args,
-    vector_backend,
-    why_line,
-)
+from serving.stories.embedder import StoryEmbedder
+from serving.stories.ranking import list_stories, story_list_args
+from serving.stories.schemas import StoryQuery
+from serving.stories.store import assign_articles, vector_backend
+from serving.stories.worker import StoryAssigner
 from serving.versions import Versions
+from serving.web.labels import why_line
 
 VERSIONS = Versions("test-model", None, "test-prompt")
 

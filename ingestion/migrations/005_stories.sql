@@ -1,5 +1,5 @@
 -- Product: stories. Same-story articles from different feeds grouped into one story
--- (serving/stories.py): the duplicate marks of ingestion, plus clustering of each article's
+-- (serving/stories/): the duplicate marks of ingestion, plus clustering of each article's
 -- sentence embedding (all-MiniLM-L6-v2, 384 dimensions, L2-normalised) against the stories
 -- of the same time window.
 --

@@ -25,7 +25,8 @@ from serving.result import Outcome
 from serving.schemas import Check
 from serving.store import ArticleQuery, ResultStore, StoredArticle
 from serving.store_handle import StoreHandle
-from serving.stories import StoryList, StoryQuery, list_stories, story_list_args
+from serving.stories.ranking import list_stories, story_list_args
+from serving.stories.schemas import StoryList, StoryQuery
 from serving.versions import summarizer_versions
 
 log = logging.getLogger(__name__)

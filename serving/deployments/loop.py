@@ -1,7 +1,9 @@
 """SummarizationLoop deployment: runs :class:`serving.summarize_loop.SummarizationLoop` in the
 background of one replica, sending articles through CacheLookup (so the cache and the store
 see them like API requests). ``check_health`` fails if the loop task ever ends, so Serve
-restarts the replica instead of leaving a dead loop behind."""
+restarts the replica instead of leaving a dead loop behind. Its status also carries the
+StoryAssigner deployment's (``stories``), where ``/v1/stats`` and ``newsdesk status`` read it:
+stories are grouped beside the loop, over the same recent articles."""
 
 from __future__ import annotations
 
@@ -17,23 +19,28 @@ from ingestion.settings import Settings
 from serving.deployments.cache_lookup import summarize_via
 from serving.result import Outcome
 from serving.store_handle import StoreHandle
-from serving.stories import StoryAssigner
 from serving.summarize_loop import SummarizationLoop
 from serving.versions import Versions
 
 log = logging.getLogger(__name__)
 
+STORIES_STATUS_TIMEOUT_S = 3.0  # under the Ingress's wait for this status (ADMIN_TIMEOUT_S)
+
 
 class LoopRunner:
     async def __init__(
-        self, cache_lookup: DeploymentHandle, summarizer: DeploymentHandle, settings: Settings
+        self,
+        cache_lookup: DeploymentHandle,
+        summarizer: DeploymentHandle,
+        settings: Settings,
+        stories: DeploymentHandle | None = None,
     ) -> None:
         self._cache_lookup = cache_lookup
         self._summarizer = summarizer
         self._settings = settings
+        self._stories = stories  # the StoryAssigner deployment, when stories are enabled
         self._loop: SummarizationLoop | None = None
         self._store = StoreHandle(settings)
-        self._stories: StoryAssigner | None = None  # story grouping, beside the loop
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _summarize(self, article: Article) -> tuple[Outcome, str]:
@@ -47,23 +54,27 @@ class LoopRunner:
         self._loop = SummarizationLoop(
             store=store, summarize=self._summarize, versions=self._versions, settings=self._settings
         )
-        stories = None
-        if self._settings.stories_enabled:
-            self._stories = StoryAssigner(store.pool, self._settings)
-            stories = asyncio.get_running_loop().create_task(self._stories.run_forever())
         try:
             await self._loop.run_forever()
         finally:
-            if stories is not None and self._stories is not None:
-                self._stories.stop()
-                await asyncio.gather(stories, return_exceptions=True)
             await store.close()
 
     async def status(self) -> dict[str, Any]:
         if self._loop is None:
             return {"running": False, "waiting_for_database": self._store.error}
-        stories = self._stories.status() if self._stories is not None else None
-        return {"running": not self._task.done(), **self._loop.status(), "stories": stories}
+        return {
+            "running": not self._task.done(),
+            **self._loop.status(),
+            "stories": await self._stories_status(),
+        }
+
+    async def _stories_status(self) -> dict[str, Any] | None:
+        if self._stories is None:
+            return None
+        try:
+            return await asyncio.wait_for(self._stories.status.remote(), STORIES_STATUS_TIMEOUT_S)
+        except Exception as exc:  # a restarting assigner must not hide the loop's status
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
     async def wake(self) -> None:
         if self._loop is not None:
@@ -76,8 +87,6 @@ class LoopRunner:
     async def __del__(self) -> None:
         if self._loop is not None:
             self._loop.stop()
-        if self._stories is not None:
-            self._stories.stop()
         self._task.cancel()
 
 

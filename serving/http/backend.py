@@ -13,7 +13,7 @@ from ingestion.article import Article
 from serving.result import Outcome
 from serving.schemas import Check
 from serving.store import ArticleQuery, StoredArticle
-from serving.stories import StoryList, StoryQuery
+from serving.stories.schemas import StoryList, StoryQuery
 
 
 class ApiBackend(Protocol):
@@ -35,7 +35,7 @@ class ApiBackend(Protocol):
     async def get_article(self, article_id: int) -> StoredArticle | None: ...
 
     async def list_stories(self, query: StoryQuery) -> StoryList:
-        """Ranked stories (serving.stories.list_stories with the settings' ranking)."""
+        """Ranked stories (serving.stories.ranking.list_stories with the settings' ranking)."""
         ...
 
     async def readiness(self) -> tuple[dict[str, Check], dict[str, str]]:

@@ -42,7 +42,7 @@ from serving.schemas import (
     StreamLine,
 )
 from serving.store import ArticleQuery, StoredArticle
-from serving.stories import StoryList, StoryQuery
+from serving.stories.schemas import StoryList, StoryQuery
 
 _ListQueryT = TypeVar("_ListQueryT", ArticleListQuery, StoryQuery)
 Handler = Callable[[Request], Awaitable[Response]]
