@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 
-from cluster.stack import StackContext
+from cluster.components import StackContext
 
 log = logging.getLogger(__name__)
 

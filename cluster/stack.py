@@ -1,7 +1,6 @@
-"""The local stack behind ``newsdesk up``: components started in order, stopped in reverse.
-
-A component is anything with ``name``, ``start(ctx)``, ``stop(ctx)`` and ``describe(ctx)``;
-later layers append theirs (e.g. the Serve application after the poller):
+"""The components of the local stack behind ``newsdesk up`` (the machinery that starts them in
+order and stops them in reverse is :mod:`cluster.components`); later layers append theirs (e.g.
+the Serve application after the poller):
 
     stack = Stack(settings, default_components(settings) + [MyServeApp()])
     with stack:            # start() ... stop(), also on Ctrl-C or an error
@@ -18,72 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from cluster.components import Component, StackContext
+from ingestion.actor import RAY_NAMESPACE
 from ingestion.settings import Settings
 
 log = logging.getLogger(__name__)
-
-RAY_NAMESPACE = "newsdesk"
-
-
-@dataclass
-class StackContext:
-    settings: Settings
-    # Handles and facts one component leaves for the next (database_url, poller, ...).
-    values: dict[str, Any] = field(default_factory=dict)
-
-
-class Component(Protocol):
-    name: str
-
-    def start(self, ctx: StackContext) -> None: ...
-
-    def stop(self, ctx: StackContext) -> None: ...
-
-    def describe(self, ctx: StackContext) -> str: ...
-
-
-class Stack:
-    def __init__(self, settings: Settings, components: list[Component]) -> None:
-        self.ctx = StackContext(settings)
-        self.components = list(components)
-        self.started: list[Component] = []
-
-    def start(self) -> None:
-        """Start each component in order; on a failure, stop those started, then raise."""
-        for component in self.components:
-            log.info("starting %s", component.name)
-            try:
-                component.start(self.ctx)
-            except BaseException:
-                self.stop()
-                raise
-            self.started.append(component)
-
-    def stop(self) -> None:
-        """Stop the started components in reverse order; one failing does not stop the rest."""
-        while self.started:
-            component = self.started.pop()
-            log.info("stopping %s", component.name)
-            try:
-                component.stop(self.ctx)
-            except Exception:
-                log.exception("stopping %s failed", component.name)
-
-    def describe(self) -> list[tuple[str, str]]:
-        return [(c.name, c.describe(self.ctx)) for c in self.started]
-
-    def __enter__(self) -> Stack:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-# --- components --------------------------------------------------------------------------
 
 
 class RayComponent:

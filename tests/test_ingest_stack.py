@@ -16,15 +16,9 @@ import asyncpg
 import pytest
 import ray
 
-from cluster.stack import (
-    RAY_NAMESPACE,
-    DatabaseComponent,
-    FeedsComponent,
-    PollerComponent,
-    RayComponent,
-    Stack,
-    StackContext,
-)
+from cluster.components import Stack, StackContext
+from cluster.stack import DatabaseComponent, FeedsComponent, PollerComponent, RayComponent
+from ingestion.actor import RAY_NAMESPACE
 from ingestion.settings import Settings
 from tests.feedserver import items, rss_document
 

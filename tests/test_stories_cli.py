@@ -19,8 +19,9 @@ import asyncpg
 import pytest
 import uvicorn
 
+from cluster.components import Stack
 from cluster.sample_data import SAMPLE_SOURCES, SampleFeedsComponent, ensure_lee_corpus
-from cluster.stack import DatabaseComponent, Stack
+from cluster.stack import DatabaseComponent
 from ingestion.settings import Settings
 from serving.local import LocalBackend, local_app
 from serving.store import ResultStore

@@ -62,7 +62,8 @@ def register(app: typer.Typer) -> None:
 
         import ray
 
-        from cluster.stack import Stack, default_components
+        from cluster.components import Stack
+        from cluster.stack import default_components
 
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
         s = settings()
