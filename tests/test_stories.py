@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from cluster.sample_data import SAMPLE_SOURCES, build_sample_feeds, lee_articles, lightly_edited
+from cluster.sample_data import SAMPLE_SOURCES, build_sample_feeds, lightly_edited
 from ingestion import db
 from ingestion import store as ingest_store
 from ingestion.article import Article
@@ -39,6 +39,7 @@ from serving.stories import (
     why_line,
 )
 from serving.versions import Versions
+from train.corpus import lee_articles
 
 VERSIONS = Versions("test-model", None, "test-prompt")
 
