@@ -4,7 +4,7 @@
     python benchmarks/bench_engine.py --batch-sizes 8 --variants none
 
 Inputs: 512-token prompts built from the Lee corpus (real ABC articles, fetched at run time by
-``cluster.sample_data``; consecutive articles joined until the prompt budget is full), 64 new
+``train.corpus``; consecutive articles joined until the prompt budget is full), 64 new
 tokens each (eos suppressed on both sides so every run decodes exactly 64 tokens).
 
 1. Throughput at batch 1, 4, 8, 16: the engine's ``summarize`` (prompting, decoding, the rating
@@ -36,7 +36,6 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from cluster.sample_data import lee_articles  # noqa: E402
 from ingestion.article import Article  # noqa: E402
 from ingestion.settings import Settings  # noqa: E402
 from serving.decoding import left_pad  # noqa: E402
@@ -44,7 +43,7 @@ from serving.engine import SummarizeEngine  # noqa: E402
 from serving.profiles import cpu_has_native_bf16, load_profile  # noqa: E402
 from serving.prompt import build_prompt  # noqa: E402
 from serving.result import Result  # noqa: E402
-from tests.engine_articles import headline  # noqa: E402
+from train.corpus import headline, lee_articles  # noqa: E402
 
 
 def load_avg() -> str:

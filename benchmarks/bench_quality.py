@@ -4,7 +4,7 @@
     python benchmarks/bench_quality.py --lee 48 --show 5  # quicker; print 5 summaries each
     python benchmarks/bench_quality.py --adapter DIR --exclude-pairs PAIRS/train.jsonl
 
-Corpora (real news, fetched at run time by ``cluster.sample_data``, never committed):
+Corpora (real news, fetched at run time by ``train.corpus``, never committed):
 - **Lee**: 300 ABC news articles (2001), no titles (a headline is made from the first words)
   and no reference summaries: ROUGE-L is against the article's first three sentences (lead-3).
 - **outside**: the 12 English articles of newspaper4k's test data (CNN, TIME, WIRED, Yonhap,
@@ -37,13 +37,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cluster.sample_data import lee_articles, outside_news  # noqa: E402
 from ingestion.article import Article  # noqa: E402
 from ingestion.settings import Settings  # noqa: E402
 from serving import verifier  # noqa: E402
 from serving.engine import SummarizeEngine  # noqa: E402
 from serving.prompt import clean_text, split_sentences  # noqa: E402
 from serving.result import Result  # noqa: E402
+from train.corpus import headline, lee_articles, outside_news  # noqa: E402
 
 
 @dataclass
@@ -64,10 +64,6 @@ class System:
 
 def lead(article: Article, n: int) -> str:
     return " ".join(split_sentences(clean_text(article.text))[:n])
-
-
-def headline(text: str, words: int = 8) -> str:
-    return " ".join(text.split(". ")[0].split()[:words])
 
 
 def trained_texts(pairs: Path | None) -> set[str]:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 import asyncpg  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cluster.sample_data import SAMPLE_SOURCES, build_sample_feeds, ensure_lee_corpus  # noqa: E402
+from cluster.sample_data import SAMPLE_SOURCES, build_sample_feeds  # noqa: E402
 from ingestion import db  # noqa: E402
 from ingestion.article import Article  # noqa: E402
 from ingestion.feedlist import FeedSpec, add_feeds  # noqa: E402
@@ -52,6 +52,7 @@ from serving.stories.ranking import list_stories, story_list_args  # noqa: E402
 from serving.stories.schemas import StoryQuery  # noqa: E402
 from serving.stories.store import assign_articles  # noqa: E402
 from serving.stories.worker import StoryAssigner  # noqa: E402
+from train.corpus import ensure_lee_corpus  # noqa: E402
 
 
 def load_avg() -> str:

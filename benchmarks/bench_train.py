@@ -37,7 +37,7 @@ from ingestion.settings import Settings
 
 
 def make_pairs(state_dir: Path, out: Path, n: int) -> Path:
-    from cluster.sample_data import lee_articles
+    from train.corpus import lee_articles
     from train.generate_training_data import generate
     from train.teachers import LeadTeacher
 

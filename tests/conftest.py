@@ -133,6 +133,15 @@ def prepared_model_dir(engine_settings: Settings) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tokenizer(prepared_model_dir: Path):  # type: ignore[no-untyped-def]
+    """The default model's tokenizer, left-padded as the engine loads it (the converted folder
+    saves that side too; named here so no test depends on it)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(prepared_model_dir, padding_side="left")
+
+
+@pytest.fixture(scope="session")
 def engine(prepared_model_dir: Path, engine_settings: Settings):  # type: ignore[no-untyped-def]
     """One loaded SummarizeEngine (cpu-small) for the session. Tests that change its adapter
     must set it back to None before they return."""

@@ -10,7 +10,9 @@
 Each path answers as programmed: status, headers, a delay before answering, a redirect,
 conditional GET (304 when the request echoes the route's ETag or Last-Modified exactly), a
 body sent without Content-Length, or a body trickled in chunks. Every request is recorded
-with its headers. Runs in a thread of the test process (``ThreadingHTTPServer``).
+with its headers. Runs in a thread of the test process (``ThreadingHTTPServer``). The feed
+documents it serves come from the project's own writer (``ingestion.feed_writer``), with
+defaults here so a test names only what it is about.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from xml.sax.saxutils import escape
+
+from ingestion import feed_writer
+from ingestion.feed_writer import FeedItem
 
 
 @dataclass
@@ -173,17 +176,21 @@ class FeedServer:
             h.wfile.write(body)
 
 
-# --- feed documents ---------------------------------------------------------------------
+# --- feed documents (written by ingestion.feed_writer, with the tests' defaults) -------------
+
+TEST_DATE = datetime(2025, 6, 10, 4, 0, tzinfo=UTC)
 
 
-@dataclass
-class Item:
+@dataclass(frozen=True)
+class Item(FeedItem):
+    """A feed item with defaults, so a test names only the fields it is about."""
+
     title: str = "A story"
     link: str | None = "https://news.example.com/story"
     guid: str | None = None
     description: str | None = "<p>What happened, in short.</p>"
     content: str | None = None  # content:encoded (HTML)
-    pub_date: str | None = "Tue, 10 Jun 2025 04:00:00 GMT"
+    pub_date: datetime | str | None = TEST_DATE
     author: str | None = None
 
 
@@ -194,14 +201,14 @@ def items(n: int, *, prefix: str = "story", site: str = "https://news.example.co
             link=f"{site}/{prefix}/{i}",
             guid=f"{site}/{prefix}/{i}",
             description=f"<p>Summary of {prefix} {i}. It has <b>bold</b> words.</p>",
-            pub_date=format_datetime(datetime(2025, 6, 10, 4, i % 60, tzinfo=UTC), usegmt=True),
+            pub_date=TEST_DATE.replace(minute=i % 60),
         )
         for i in range(n)
     ]
 
 
 def rss_document(
-    entries: Iterable[Item],
+    entries: Iterable[FeedItem],
     *,
     title: str = "Example News",
     link: str = "https://news.example.com/",
@@ -210,55 +217,18 @@ def rss_document(
     declare_encoding: str | None = "utf-8",
 ) -> bytes:
     """An RSS 2.0 document (with content:encoded when an item has content)."""
-    parts = []
-    for it in entries:
-        x = [f"<title>{escape(it.title)}</title>"]
-        if it.link is not None:
-            x.append(f"<link>{escape(it.link)}</link>")
-        if it.guid is not None:
-            x.append(f'<guid isPermaLink="false">{escape(it.guid)}</guid>')
-        if it.description is not None:
-            x.append(f"<description>{escape(it.description)}</description>")
-        if it.content is not None:
-            x.append(f"<content:encoded><![CDATA[{it.content}]]></content:encoded>")
-        if it.pub_date is not None:
-            x.append(f"<pubDate>{escape(it.pub_date)}</pubDate>")
-        if it.author is not None:
-            x.append(f"<author>{escape(it.author)}</author>")
-        parts.append("<item>" + "".join(x) + "</item>")
-    decl = (
-        f'<?xml version="1.0" encoding="{declare_encoding}"?>'
-        if declare_encoding
-        else '<?xml version="1.0"?>'
+    return feed_writer.rss_document(
+        entries,
+        title=title,
+        link=link,
+        description="Test feed",
+        language=language,
+        encoding=encoding,
+        declare_encoding=declare_encoding,
     )
-    lang = f"<language>{language}</language>" if language else ""
-    doc = (
-        f"{decl}\n"
-        '<rss version="2.0" xmlns:content="http://purl.org/rss/1.0/modules/content/">'
-        f"<channel><title>{escape(title)}</title><link>{escape(link)}</link>"
-        f"<description>Test feed</description>{lang}" + "".join(parts) + "</channel></rss>\n"
-    )
-    return doc.encode(encoding)
 
 
-def atom_document(entries: Iterable[Item], *, title: str = "Example Atom") -> bytes:
-    parts = []
-    for it in entries:
-        x = [f"<title>{escape(it.title)}</title>"]
-        if it.link is not None:
-            x.append(f'<link rel="alternate" href="{escape(it.link)}"/>')
-        x.append(f"<id>{escape(it.guid or it.link or it.title)}</id>")
-        x.append("<updated>2025-06-10T04:00:00Z</updated>")
-        if it.description is not None:
-            x.append(f'<summary type="html">{escape(it.description)}</summary>')
-        if it.content is not None:
-            x.append(f'<content type="html">{escape(it.content)}</content>')
-        if it.author is not None:
-            x.append(f"<author><name>{escape(it.author)}</name></author>")
-        parts.append("<entry>" + "".join(x) + "</entry>")
-    return (
-        '<?xml version="1.0" encoding="utf-8"?>\n'
-        '<feed xmlns="http://www.w3.org/2005/Atom" xml:lang="en">'
-        f"<title>{escape(title)}</title><id>urn:example:feed</id>"
-        "<updated>2025-06-10T04:00:00Z</updated>" + "".join(parts) + "</feed>\n"
-    ).encode()
+def atom_document(entries: Iterable[FeedItem], *, title: str = "Example Atom") -> bytes:
+    return feed_writer.atom_document(
+        entries, title=title, feed_id="urn:example:feed", updated=TEST_DATE, language="en"
+    )

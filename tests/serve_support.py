@@ -1,11 +1,10 @@
 """Helpers of the serving tests: sample articles, a short-output test profile, a private
-redis-server, free ports, and articles stored the way ingestion stores them."""
+redis-server, and articles stored the way ingestion stores them. (Free ports and a private
+Ray head: ``cluster.local_cluster``.)"""
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -15,6 +14,7 @@ import asyncpg
 import pytest
 import redis
 
+from cluster.local_cluster import free_port
 from ingestion import store as ingestion_store
 from ingestion.article import Article
 from ingestion.normalizer import NormalizedEntry, dedup_key
@@ -67,12 +67,6 @@ def write_test_profile(folder: Path, *, max_new_tokens: int = 24) -> Path:
         encoding="utf-8",
     )
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
@@ -176,135 +170,3 @@ async def store_articles(
         e.article.model_copy(update={"id": by_hash[e.article.content_hash], "feed_id": feed.id})
         for e in entries
     ]
-
-
-def env_without_newsdesk() -> dict[str, str]:
-    """The process environment minus NEWSDESK_* (a subprocess gets explicit settings)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("NEWSDESK_")}
-
-
-class RayHead:
-    """A private Ray head (`ray start --head --block`) on free ports with token auth, for
-    `serve deploy`; stopped by signalling only the processes it started (never `ray stop`,
-    which would stop every Ray on the machine)."""
-
-    def __init__(self, *, num_cpus: int = 2, env: dict[str, str] | None = None) -> None:
-        import secrets
-        import sys
-        import tempfile
-
-        self.bin = Path(sys.executable).parent
-        # short: Ray puts unix sockets under it (path length limit ~107)
-        self.dir = Path(tempfile.mkdtemp(prefix="ndray-", dir="/tmp"))
-        self.gcs_port = free_port()
-        self.dashboard_port = free_port()
-        self.num_cpus = num_cpus
-        self.token = secrets.token_hex(16)
-        self.env = {
-            **env_without_newsdesk(),
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN": self.token,
-            # SIGTERM stops at once (no 30 s node drain: nothing routes here afterwards)
-            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
-            **(env or {}),
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def dashboard_url(self) -> str:
-        return f"http://127.0.0.1:{self.dashboard_port}"
-
-    def start(self, timeout_s: float = 180) -> RayHead:
-        log = (self.dir / "ray-start.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                str(self.bin / "ray"),
-                "start",
-                "--head",
-                "--block",
-                "--port",
-                str(self.gcs_port),
-                "--dashboard-host",
-                "127.0.0.1",
-                "--dashboard-port",
-                str(self.dashboard_port),
-                "--ray-client-server-port",
-                str(free_port()),
-                "--dashboard-agent-listen-port",
-                str(free_port()),
-                "--min-worker-port",
-                "0",
-                "--max-worker-port",
-                "0",
-                "--num-cpus",
-                str(self.num_cpus),
-                "--temp-dir",
-                str(self.dir / "t"),
-                "--disable-usage-stats",
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stop() signals only this cluster
-        )
-        deadline = time.monotonic() + timeout_s
-        import httpx
-
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited: {(self.dir / 'ray-start.log').read_text()}")
-            try:
-                r = httpx.get(
-                    f"{self.dashboard_url}/api/version",
-                    timeout=2,
-                    headers={"Authorization": f"Bearer {self.token}"},
-                )
-                if r.status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError("the Ray head's dashboard did not come up")
-            time.sleep(1)
-
-    def serve(self, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-        """`serve <args> -a <dashboard>` with the cluster's token."""
-        done = subprocess.run(
-            [str(self.bin / "serve"), *args, "-a", self.dashboard_url],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"serve {' '.join(args)} failed:\n{done.stderr[-4000:]}")
-        return done
-
-    def stop(self) -> None:
-        import signal
-
-        if self.proc is None:
-            return
-        pgid = self.proc.pid  # the session leader: its pid is the group id
-        if self.proc.poll() is not None:  # it died under us: say why, for the test report
-            log = self.dir / "ray-start.log"
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            print(f"ray start had exited with {self.proc.returncode}:\n{tail}")
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # graceful: Ray drains, then stops its children
-            try:
-                self.proc.wait(timeout=45)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(pgid, signal.SIGKILL)  # whatever of this cluster is left
-        except ProcessLookupError:
-            pass
-        if self.proc.poll() is None:
-            self.proc.wait(timeout=10)
-        self.proc = None
-        shutil.rmtree(self.dir, ignore_errors=True)
-        haproxy = self.env.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "")
-        if haproxy.startswith("/tmp/ndhp-"):  # made by serving.app.fast_path_env for us
-            shutil.rmtree(haproxy, ignore_errors=True)

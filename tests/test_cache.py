@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from cluster.local_cluster import free_port
 from serving.cache import SummaryCache
 from serving.versions import Versions, cache_key
-from tests.serve_support import RedisServer, free_port, make_result, sample_article
+from tests.serve_support import RedisServer, make_result, sample_article
 
 V1 = Versions("test-model", None, "test-v1")
 

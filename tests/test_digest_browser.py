@@ -16,14 +16,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cluster.sample_data import SAMPLE_SOURCES, build_sample_feeds, ensure_lee_corpus
+from cluster.local_cluster import free_port
+from cluster.sample_data import SAMPLE_SOURCES, build_sample_feeds
 from ingestion import db
 from ingestion.feedlist import FeedSpec, add_feeds
 from ingestion.poller import Poller
 from ingestion.settings import Settings
 from serving.app import AppArgs, SummarizerOptions, compose
 from serving.deployments.summarizer import SummarizerConfig
-from tests.serve_support import free_port, write_test_profile
+from tests.serve_support import write_test_profile
+from train.corpus import ensure_lee_corpus
 
 pytestmark = pytest.mark.system
 

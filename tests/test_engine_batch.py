@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cluster.sample_data import lee_articles
 from ingestion.article import Article
 from serving.decoding import greedy_decode, left_pad
 from serving.profiles import cpu_has_native_bf16, load_profile, resolve_dtype
 from serving.prompt import build_prompt
 from serving.result import Result
-from tests.engine_articles import GRADED, headline
+from tests.engine_articles import GRADED
+from train.corpus import headline, lee_articles
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from cluster.sample_data import lee_articles
 from ingestion.article import Article
 from serving.prompt import clean_text, split_sentences
 from serving.result import ArticleError, Result
 from serving.verifier import Evidence, verify
-from tests.engine_articles import headline
+from train.corpus import headline, lee_articles
 
 
 @pytest.fixture(scope="module")

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from ingestion.article import Article
 from serving import prompt as P
-
-
-@pytest.fixture(scope="module")
-def tokenizer(prepared_model_dir: Path):  # type: ignore[no-untyped-def]
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(prepared_model_dir, padding_side="left")
 
 
 def _article(text: str, title: str = "Storm hits coast") -> Article:

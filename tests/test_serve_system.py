@@ -23,19 +23,13 @@ import httpx
 import pytest
 import yaml
 
+from cluster.local_cluster import RayHead, free_port
 from ingestion import db
 from ingestion.article import Article
 from serving.app import fast_path_env
 from serving.result import Result
 from serving.store import ResultStore
-from tests.serve_support import (
-    RayHead,
-    RedisServer,
-    free_port,
-    sample_article,
-    store_articles,
-    write_test_profile,
-)
+from tests.serve_support import RedisServer, sample_article, store_articles, write_test_profile
 
 pytestmark = pytest.mark.system
 

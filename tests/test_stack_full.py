@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve_support import free_port
+from cluster.local_cluster import free_port
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(900)]
 

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from cluster.sample_data import SAMPLE_SOURCES, build_sample_feeds, lee_articles, lightly_edited
+from cluster.sample_data import SAMPLE_SOURCES, build_sample_feeds, lightly_edited
 from ingestion import db
 from ingestion import store as ingest_store
 from ingestion.article import Article
@@ -35,6 +35,7 @@ from serving.stories.store import assign_articles, vector_backend
 from serving.stories.worker import StoryAssigner
 from serving.versions import Versions
 from serving.web.labels import why_line
+from train.corpus import lee_articles
 
 VERSIONS = Versions("test-model", None, "test-prompt")
 

@@ -20,12 +20,14 @@ import pytest
 import uvicorn
 
 from cluster.components import Stack
-from cluster.sample_data import SAMPLE_SOURCES, SampleFeedsComponent, ensure_lee_corpus
+from cluster.local_cluster import free_port
+from cluster.sample_data import SAMPLE_SOURCES, SampleFeedsComponent
 from cluster.stack import DatabaseComponent
 from ingestion.settings import Settings
 from serving.local import LocalBackend, local_app
 from serving.store import ResultStore
-from tests.serve_support import free_port, make_result, sample_article, store_articles
+from tests.serve_support import make_result, sample_article, store_articles
+from train.corpus import ensure_lee_corpus
 
 
 def _with_corpus(settings: Settings, engine_settings: Settings) -> Settings:

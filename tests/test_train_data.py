@@ -13,15 +13,11 @@ import pytest
 
 from ingestion.article import Article
 from ingestion.settings import Settings
-from tests import train_fixtures
 from train.data import IGNORE_INDEX, load_examples
 from train.generate_training_data import ArticleFilter, fetch_articles, generate
 from train.pairs import PairWriter, iter_jsonl, split_of, story_keys
 from train.sample_feeds import ingest_files, write_lee_feeds
 from train.teachers import LeadTeacher, lead_importance
-
-model_dir = train_fixtures.model_dir
-tokenizer = train_fixtures.tokenizer
 
 
 def _pairs(out: Path) -> list[dict]:
@@ -269,9 +265,9 @@ def test_rouge_on_pairs_reports_the_pass_rate_of_both_sides(
     adapter as the other side."""
     import torch
 
-    from cluster.sample_data import lee_articles
     from serving.profiles import load_profile
     from serving.verifier import Evidence, check
+    from train.corpus import lee_articles
     from train.evaluate import describe, load_eval_pairs, rouge_on_pairs
     from train.modeling import add_lora, load_base_model
 

@@ -13,7 +13,6 @@ import torch
 
 from ingestion.article import Article
 from ingestion.settings import Settings
-from tests import train_fixtures
 from train import registry
 from train.config import TrainConfig, load_train_config
 from train.data import IGNORE_INDEX, collate, load_examples
@@ -22,14 +21,11 @@ from train.loop import fill_ds_config
 from train.modeling import CompletionLoss, add_lora, check_target_modules, refuse_quantized
 from train.teachers import LeadTeacher
 
-model_dir = train_fixtures.model_dir
-tokenizer = train_fixtures.tokenizer
-
 
 @pytest.fixture(scope="module")
 def lee_pairs(shared_state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Lead pairs over 40 real ABC articles (train ~30, val ~10)."""
-    from cluster.sample_data import lee_articles
+    from train.corpus import lee_articles
 
     texts = lee_articles(shared_state_dir, 40)
     articles = [
@@ -41,10 +37,12 @@ def lee_pairs(shared_state_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
-def test_completion_loss_masks_the_prompt_and_matches_full_logits(model_dir: Path, lee_pairs):
+def test_completion_loss_masks_the_prompt_and_matches_full_logits(
+    prepared_model_dir: Path, lee_pairs
+):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(prepared_model_dir)
     examples, counts = load_examples(
         lee_pairs / "train.jsonl", tok, max_prompt_tokens=160, max_target_tokens=96, limit=3
     )
@@ -57,7 +55,7 @@ def test_completion_loss_masks_the_prompt_and_matches_full_logits(model_dir: Pat
             batch["labels"][row, n : len(example)] == batch["input_ids"][row, n : len(example)]
         ).all()
         assert (batch["labels"][row, len(example) :] == IGNORE_INDEX).all()
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(prepared_model_dir, dtype=torch.float32)
     peft_model = add_lora(model, r=4, alpha=8, dropout=0.0, targets=["q_proj", "v_proj"])
     peft_model.eval()
     with torch.no_grad():
@@ -193,16 +191,18 @@ def test_ray_train_zero2_resumes_after_failure_and_adapter_changes_engine(
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA needs CUDA (bitsandbytes)")
-def test_qlora_nf4_trains_one_step_on_cuda(model_dir: Path, lee_pairs: Path):
+def test_qlora_nf4_trains_one_step_on_cuda(prepared_model_dir: Path, lee_pairs: Path):
     from transformers import AutoTokenizer
 
     from train.modeling import load_base_model
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(prepared_model_dir)
     examples, _ = load_examples(
         lee_pairs / "train.jsonl", tok, max_prompt_tokens=160, max_target_tokens=96, limit=2
     )
-    model = load_base_model(model_dir, dtype=torch.bfloat16, quantization="nf4", device="cuda:0")
+    model = load_base_model(
+        prepared_model_dir, dtype=torch.bfloat16, quantization="nf4", device="cuda:0"
+    )
     assert getattr(model, "is_loaded_in_4bit", False)
     peft_model = add_lora(model, r=8, alpha=16, dropout=0.0, targets=["q_proj", "v_proj"])
     wrapped = CompletionLoss(peft_model)

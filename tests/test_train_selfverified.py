@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster.sample_data import lee_articles
 from ingestion.article import Article
 from serving.engine import Candidate, candidate_seed
 from serving.verifier import Evidence, check
-from tests.engine_articles import headline
+from train.corpus import headline, lee_articles
 from train.generate_training_data import generate
 from train.pairs import iter_jsonl
 from train.teachers import SelfVerifiedTeacher, TeacherError, choose_candidate
