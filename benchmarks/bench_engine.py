@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from ingestion.article import Article  # noqa: E402
-from ingestion.settings import Settings  # noqa: E402
+from cluster.settings import Settings  # noqa: E402
+from core.article import Article  # noqa: E402
 from serving.decoding import left_pad  # noqa: E402
 from serving.engine import SummarizeEngine  # noqa: E402
 from serving.profiles import cpu_has_native_bf16, load_profile  # noqa: E402

@@ -39,9 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncpg
 import feedparser
 
-from ingestion import db, store
+from cluster.settings import Settings
+from core import db
+from ingestion import store
 from ingestion.poller import poll_once
-from ingestion.settings import Settings
 
 HOSTS = [f"127.0.0.{i}" for i in range(1, 9)]
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"

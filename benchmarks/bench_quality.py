@@ -37,8 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ingestion.article import Article  # noqa: E402
-from ingestion.settings import Settings  # noqa: E402
+from cluster.settings import Settings  # noqa: E402
+from core.article import Article  # noqa: E402
 from serving import verifier  # noqa: E402
 from serving.engine import SummarizeEngine  # noqa: E402
 from serving.prompt import clean_text, split_sentences  # noqa: E402

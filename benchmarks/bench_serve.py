@@ -44,9 +44,9 @@ import yaml  # noqa: E402
 
 from cluster.local_cluster import RayHead, free_port  # noqa: E402
 from cluster.sample_data import first_sentence  # noqa: E402
-from ingestion import db  # noqa: E402
-from ingestion.article import Article  # noqa: E402
-from ingestion.settings import Settings  # noqa: E402
+from cluster.settings import Settings  # noqa: E402
+from core import db  # noqa: E402
+from core.article import Article  # noqa: E402
 from serving.app import fast_path_env  # noqa: E402
 from train.corpus import lee_articles  # noqa: E402
 

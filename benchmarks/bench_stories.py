@@ -39,11 +39,11 @@ import asyncpg  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cluster.sample_data import SAMPLE_SOURCES, build_sample_feeds  # noqa: E402
-from ingestion import db  # noqa: E402
-from ingestion.article import Article  # noqa: E402
+from cluster.settings import Settings  # noqa: E402
+from core import db  # noqa: E402
+from core.article import Article  # noqa: E402
 from ingestion.feedlist import FeedSpec, add_feeds  # noqa: E402
 from ingestion.poller import Poller  # noqa: E402
-from ingestion.settings import Settings  # noqa: E402
 from serving.result import ImportanceParts, Result  # noqa: E402
 from serving.store import ArticleQuery, ResultStore  # noqa: E402
 from serving.stories.clustering import Candidates  # noqa: E402

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from ingestion.article import Article
-from ingestion.settings import Settings
+from cluster.settings import Settings
+from core.article import Article
 
 
 def make_pairs(state_dir: Path, out: Path, n: int) -> Path:

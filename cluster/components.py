@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ingestion.settings import Settings
+from cluster.settings import Settings
 
 log = logging.getLogger(__name__)
 

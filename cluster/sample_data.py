@@ -150,7 +150,7 @@ class SampleFeedsComponent:
     def start(self, ctx: Any) -> None:
         import asyncio
 
-        from ingestion import db
+        from core import db
         from ingestion.feedlist import FeedSpec, add_feeds
 
         s = ctx.settings

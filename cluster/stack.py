@@ -20,8 +20,8 @@ import re
 from typing import Any
 
 from cluster.components import Component, StackContext
+from cluster.settings import Settings
 from ingestion.actor import RAY_NAMESPACE
-from ingestion.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class DatabaseComponent:
     name = "database"
 
     def start(self, ctx: StackContext) -> None:
-        from ingestion import db
+        from core import db
 
         async def go() -> str:
             dsn = await db.resolve_database_url(ctx.settings)
@@ -111,7 +111,7 @@ class FeedsComponent:
     name = "feeds"
 
     def start(self, ctx: StackContext) -> None:
-        from ingestion import db
+        from core import db
         from ingestion.feedlist import FeedListError, add_feeds, load_feeds_yaml
 
         path = ctx.settings.feeds_file

@@ -16,7 +16,7 @@ import ray
 
 from ingestion.logs import configure_process_logging, event
 from ingestion.poller import Poller
-from ingestion.settings import Settings
+from ingestion.settings import IngestionSettings
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class FeedPoller:
     ``num_cpus=0`` because it mostly waits on the network and PostgreSQL.
     """
 
-    def __init__(self, settings: Settings, autostart: bool = True) -> None:
+    def __init__(self, settings: IngestionSettings, autostart: bool = True) -> None:
         configure_process_logging()
         self._poller = Poller(settings)
         self._task: asyncio.Task[None] | None = None

@@ -37,7 +37,7 @@ from ingestion.outcomes import (
 from ingestion.parse_pool import parse_with
 from ingestion.parser import FeedParseError
 from ingestion.schedule import after_failure, after_success
-from ingestion.settings import Settings
+from ingestion.settings import IngestionSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,7 +48,7 @@ class PollContext:
     """What polling a feed needs, shared by every feed of a poll."""
 
     pool: asyncpg.Pool
-    settings: Settings
+    settings: IngestionSettings
     fetcher: Fetcher
     metrics: IngestMetrics
     executor: Executor | None  # parse workers, or None: parse in the event loop's process

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ingestion import store
-from ingestion.settings import Settings
+from ingestion.settings import IngestionSettings
 from ingestion.subscriptions import InvalidFeedURL, subscribe
 
 
@@ -62,7 +62,9 @@ class AddReport:
     refused: list[tuple[str, str]] = field(default_factory=list)  # (url, reason)
 
 
-async def add_feeds(db: store.Db, specs: Iterable[FeedSpec], settings: Settings) -> AddReport:
+async def add_feeds(
+    db: store.Db, specs: Iterable[FeedSpec], settings: IngestionSettings
+) -> AddReport:
     """Add each spec not yet subscribed; refuse (with the reason) URLs the guard refuses."""
     report = AddReport()
     for spec in specs:

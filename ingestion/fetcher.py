@@ -29,7 +29,7 @@ from urllib.request import url2pathname
 import httpcore
 import httpx
 
-from ingestion.settings import Settings
+from ingestion.settings import IngestionSettings
 from ingestion.urlguard import BlockedAddressError, GuardedBackend, check_url
 
 ACCEPT = (
@@ -132,7 +132,7 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
     an identical one that connects through the guard.
     """
 
-    def __init__(self, settings: Settings, ssl_context: ssl.SSLContext) -> None:
+    def __init__(self, settings: IngestionSettings, ssl_context: ssl.SSLContext) -> None:
         super().__init__(trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context,
@@ -154,7 +154,7 @@ class _Abort(Exception):
 
 
 class Fetcher:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: IngestionSettings) -> None:
         self._settings = settings
         self._global = asyncio.Semaphore(settings.fetch_concurrency)
         self._hosts = _HostSlots(settings.fetch_per_host)

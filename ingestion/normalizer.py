@@ -3,7 +3,7 @@
 Per entry: title (plain text), canonical URL, guid, published (UTC: the entry's date, else
 the fetch time; dates in the future or before RSS existed are replaced by the fetch time),
 author, text from content:encoded / Atom content, else the summary, turned from HTML into
-clean text (``ingestion.html_text``), language when the feed declares it, capped at
+clean text (``core.html_text``), language when the feed declares it, capped at
 ``max_article_chars``. An entry with neither a link nor text is rejected, with the reason
 counted; so is one the Article model refuses.
 
@@ -24,8 +24,8 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
-from ingestion.article import MAX_TITLE_CHARS, Article, content_hash
-from ingestion.html_text import html_to_text, looks_like_html, plain_text_paragraphs
+from core.article import MAX_TITLE_CHARS, Article, content_hash
+from core.html_text import html_to_text, looks_like_html, plain_text_paragraphs
 from ingestion.parser import ParsedFeed
 
 MAX_KEY_CHARS = 512

@@ -16,7 +16,7 @@ from typing import Any
 
 from ingestion.normalizer import Normalized, normalize_entries
 from ingestion.parser import ParsedFeed, parse_feed
-from ingestion.settings import Settings
+from ingestion.settings import IngestionSettings
 
 
 @dataclass(slots=True)
@@ -58,7 +58,7 @@ def parse_and_normalize(
     )
 
 
-def make_parse_executor(settings: Settings) -> Executor | None:
+def make_parse_executor(settings: IngestionSettings) -> Executor | None:
     """Worker processes for parsing (``parse_workers`` > 0), else None (parse in-process)."""
     if settings.parse_workers <= 0:
         return None

@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from ingestion import db as dbmod
+from core import db as dbmod
 from ingestion import store
 from ingestion.db_retry import with_db_retry
 from ingestion.feed_poll import PollContext, poll_feed
@@ -32,7 +32,7 @@ from ingestion.logs import event
 from ingestion.metrics import IngestMetrics
 from ingestion.outcomes import FeedReport, PollSummary
 from ingestion.parse_pool import make_parse_executor
-from ingestion.settings import Settings
+from ingestion.settings import IngestionSettings
 from ingestion.subscriptions import check_feed_url, subscribe
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 async def poll_once(
     pool: asyncpg.Pool,
-    settings: Settings,
+    settings: IngestionSettings,
     *,
     fetcher: Fetcher | None = None,
     metrics: IngestMetrics | None = None,
@@ -105,7 +105,7 @@ async def poll_once(
 class Poller:
     """The poll loop with its resources; in-process (CLI) or inside the ``FeedPoller`` actor."""
 
-    def __init__(self, settings: Settings, *, pool: asyncpg.Pool | None = None) -> None:
+    def __init__(self, settings: IngestionSettings, *, pool: asyncpg.Pool | None = None) -> None:
         self.settings = settings
         self._pool = pool
         self._own_pool = pool is None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ingestion.settings import Settings
+from ingestion.settings import IngestionSettings
 
 ACTIVE = "active"
 QUARANTINED = "quarantined"
@@ -47,7 +47,7 @@ def after_failure(
     reason: str,
     *,
     failures_before: int,
-    settings: Settings,
+    settings: IngestionSettings,
     retry_after_s: float | None = None,
     gone: bool = False,
 ) -> FeedState:

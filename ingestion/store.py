@@ -15,14 +15,13 @@ Guarantees, all enforced by PostgreSQL rather than by a single process:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from ingestion.article import Article
 from ingestion.normalizer import NormalizedEntry
 from ingestion.schedule import ACTIVE, DISABLED, FeedState
 
@@ -331,47 +330,3 @@ async def store_articles(
         marked = await conn.execute(_MARK, ids)
         counts.copies = int(marked.split()[-1])
     return counts
-
-
-def article_from_row(row: asyncpg.Record | dict[str, Any]) -> Article:
-    return Article(
-        id=row["id"],
-        feed_id=row["feed_id"],
-        title=row["title"] or "",
-        text=row["text"] or "",
-        url=row["url"],
-        guid=row["guid"],
-        source=row["source"],
-        author=row["author"],
-        published=row["published_at"],
-        language=row["language"],
-        duplicate_of=row["duplicate_of"],
-    )
-
-
-async def load_articles(
-    db: Db,
-    *,
-    feed_id: int | None = None,
-    ids: Iterable[int] | None = None,
-    include_copies: bool = True,
-    limit: int = 100,
-) -> list[Article]:
-    """Stored articles, newest first, as ``Article`` objects."""
-    rows = await db.fetch(
-        """
-        SELECT id, feed_id, title, text, url, guid, source, author, published_at, language,
-               duplicate_of
-        FROM articles
-        WHERE ($1::bigint IS NULL OR feed_id = $1)
-          AND ($2::bigint[] IS NULL OR id = ANY($2::bigint[]))
-          AND ($3 OR duplicate_of IS NULL)
-        ORDER BY published_at DESC, id DESC
-        LIMIT $4
-        """,
-        feed_id,
-        list(ids) if ids is not None else None,
-        include_copies,
-        limit,
-    )
-    return [article_from_row(r) for r in rows]

@@ -6,7 +6,7 @@ and the poller (``FeedPoller.add_feed``) all subscribe through ``subscribe``.
 from __future__ import annotations
 
 from ingestion import store
-from ingestion.settings import Settings
+from ingestion.settings import IngestionSettings
 from ingestion.urlguard import check_url
 
 
@@ -14,7 +14,7 @@ class InvalidFeedURL(ValueError):
     """A URL the guard refuses as a feed; the message says why."""
 
 
-def check_feed_url(url: str, settings: Settings) -> None:
+def check_feed_url(url: str, settings: IngestionSettings) -> None:
     """Raise ``InvalidFeedURL`` when ``url`` cannot be a feed (no DNS lookup).
 
     Callers that must connect to PostgreSQL first call it before connecting, so a bad URL is
@@ -33,7 +33,7 @@ def check_feed_url(url: str, settings: Settings) -> None:
 async def subscribe(
     db: store.Db,
     url: str,
-    settings: Settings,
+    settings: IngestionSettings,
     *,
     title: str | None = None,
     interval_s: int | None = None,

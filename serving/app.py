@@ -26,13 +26,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from ray.serve import Application
 
-from ingestion.settings import Settings
 from serving.deployments.cache_lookup import CacheLookupDeployment
 from serving.deployments.ingress import IngressDeployment
 from serving.deployments.loop import SummarizationLoopDeployment
 from serving.deployments.stories import StoryAssignerDeployment
 from serving.deployments.summarizer import SummarizerConfig, SummarizerDeployment
 from serving.profiles import ModelProfile, load_profile
+from serving.settings import ServingSettings
 
 # Ray Serve's high-throughput mode (Ray >= 2.56), set in the environment of `ray start` (or
 # before `ray.init`): HAProxy takes the HTTP port and forwards to the Ingress replicas' own
@@ -131,11 +131,11 @@ class SummarizerOptions(BaseModel):
 class AppArgs(BaseModel):
     """Arguments of :func:`build_app` (the ``args`` of an application in a Serve config).
 
-    One direction only: AppArgs carries what the builder needs beyond :class:`Settings` (the
+    One direction only: AppArgs carries what the builder needs beyond :class:`ServingSettings` (the
     deployments' shape) plus overrides of settings; :func:`compose` applies them to a base
-    Settings and nothing goes back. ``profile`` and ``summarize_loop`` left null, and every
+    ServingSettings and nothing goes back. ``profile`` and ``summarize_loop`` left null, and every
     setting not overridden, come from the base: the environment of the process that builds
-    the app (for ``serve deploy``: the Ray cluster's), or the Settings a caller passes
+    the app (for ``serve deploy``: the Ray cluster's), or the ServingSettings a caller passes
     (``newsdesk up``). ``database_url`` ... ``engine_threads`` override the matching
     ``NEWSDESK_*`` setting; any other setting can be given under ``settings``.
     """
@@ -162,11 +162,11 @@ class AppArgs(BaseModel):
     cache_ttl_s: int | None = Field(default=None, ge=1)
     engine_threads: int | None = Field(default=None, ge=1)
     settings: dict[str, Any] = Field(
-        default_factory=dict, description="Other Settings fields (names without NEWSDESK_)."
+        default_factory=dict, description="Other ServingSettings fields (names without NEWSDESK_)."
     )
 
     def overrides(self) -> dict[str, Any]:
-        """The settings this app overrides, by Settings field name (not yet validated)."""
+        """The settings this app overrides, by ServingSettings field name (not yet validated)."""
         overrides: dict[str, Any] = dict(self.settings)
         for name in _OVERRIDE_FIELDS:
             value = getattr(self, name)
@@ -178,13 +178,13 @@ class AppArgs(BaseModel):
             overrides["summarize_loop_enabled"] = self.summarize_loop
         return overrides
 
-    def apply_to(self, base: Settings | None = None) -> Settings:
+    def apply_to(self, base: ServingSettings | None = None) -> ServingSettings:
         """``base`` (default: read from the environment) with this app's overrides."""
         overrides = self.overrides()
         if base is None:
-            return Settings(**overrides)
-        # validate the overrides alone (Settings' types and bounds), then lay them on base
-        checked = Settings(**overrides)
+            return ServingSettings(**overrides)
+        # validate the overrides alone (ServingSettings' types and bounds), then lay them on base
+        checked = ServingSettings(**overrides)
         return base.model_copy(update={name: getattr(checked, name) for name in overrides})
 
 
@@ -218,7 +218,7 @@ def build_app(args: AppArgs) -> Application:
     return compose(args)
 
 
-def compose(args: AppArgs, settings: Settings | None = None) -> Application:
+def compose(args: AppArgs, settings: ServingSettings | None = None) -> Application:
     """Ingress -> CacheLookup -> Summarizer (+ the summarization loop and, with
     ``stories_enabled``, the story assigner), on ``settings`` (default: the environment's)
     with ``args``' overrides. The model profile is parsed here, once, and the Summarizer gets

@@ -30,9 +30,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from ingestion.settings import Settings
 from serving import metrics
 from serving.result import Result
+from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class SummaryCache:
             )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SummaryCache:
+    def from_settings(cls, settings: ServingSettings) -> SummaryCache:
         return cls(
             max_entries=settings.cache_max_entries,
             ttl_s=settings.cache_ttl_s,

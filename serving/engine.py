@@ -46,8 +46,7 @@ from typing import Any, Literal
 
 import torch
 
-from ingestion.article import Article
-from ingestion.settings import Settings
+from core.article import Article
 from serving import prompt as prompt_mod
 from serving import verifier
 from serving.attention import use_engine_attention
@@ -64,6 +63,7 @@ from serving.importance import ArticleSignals, ImportanceScorer, blend, model_ra
 from serving.model_source import prepare_model
 from serving.profiles import ModelProfile, load_profile, resolve_dtype
 from serving.result import ArticleError, ImportanceParts, Result, Timings
+from serving.settings import ServingSettings
 from serving.versions import Versions
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class SummarizeEngine:
     def __init__(
         self,
         profile: ModelProfile,
-        settings: Settings,
+        settings: ServingSettings,
         model_dir: Path,
         tokenizer: Any,
         base_model: torch.nn.Module,
@@ -182,7 +182,7 @@ class SummarizeEngine:
         self._merged = False  # an adapter merged into the base weights (merge_adapter)
         self._scorer = scorer
         self._lock = threading.Lock()
-        self._threads = torch.get_num_threads()  # after Settings.engine_threads (load)
+        self._threads = torch.get_num_threads()  # after ServingSettings.engine_threads (load)
         self._min_new_tokens = 0
         # Outputs regenerated because the first pass was unusable (echo, empty, unparsable):
         # each costs a second decode of its micro-batch's failed rows (benchmarks report it).
@@ -226,11 +226,11 @@ class SummarizeEngine:
     def load(
         cls,
         profile: ModelProfile | str | Path | None = None,
-        settings: Settings | None = None,
+        settings: ServingSettings | None = None,
         adapter: str | Path | None = None,
     ) -> SummarizeEngine:
         """Prepare (convert once) and load the profile's model, adapter and scorer."""
-        settings = settings or Settings()
+        settings = settings or ServingSettings()
         if not isinstance(profile, ModelProfile):
             profile = load_profile(profile or settings.model_profile)
         if settings.engine_threads:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ingestion.article import Article
+from core.article import Article
 from serving.prompt import clean_text, split_sentences
 from serving.verifier import folded_words, repetitions
 

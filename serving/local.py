@@ -15,8 +15,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ingestion.article import Article
-from ingestion.settings import Settings
+from core.article import Article
 from serving.api import build_api
 from serving.cache import SummaryCache
 from serving.deployments.summarizer import Summarizer
@@ -24,6 +23,7 @@ from serving.http.config import ApiConfig
 from serving.lookup import LookupService, VersionTracker
 from serving.result import Outcome
 from serving.schemas import Check
+from serving.settings import ServingSettings
 from serving.store import ArticleQuery, ResultStore, StoredArticle
 from serving.stories.ranking import list_stories, story_list_args
 from serving.stories.schemas import StoryList, StoryQuery
@@ -65,7 +65,7 @@ def replica_context(max_ongoing_requests: int = 32) -> Iterator[None]:
 class LocalBackend:
     def __init__(
         self,
-        settings: Settings,
+        settings: ServingSettings,
         summarizer: Summarizer | Callable[[], Summarizer],
         *,
         store: ResultStore | None = None,
@@ -152,6 +152,6 @@ class LocalBackend:
         return out
 
 
-def local_app(backend: LocalBackend, settings: Settings | None = None):  # type: ignore[no-untyped-def]
+def local_app(backend: LocalBackend, settings: ServingSettings | None = None):  # type: ignore[no-untyped-def]
     """The Starlette app of the API over a LocalBackend."""
     return build_api(backend, ApiConfig.from_settings(settings or backend.settings))

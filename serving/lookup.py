@@ -27,7 +27,7 @@ from typing import Literal
 import asyncpg
 from cachetools import TTLCache
 
-from ingestion.article import Article
+from core.article import Article
 from serving.cache import SummaryCache
 from serving.prompt import InputError, check_article
 from serving.result import ArticleError, Outcome, Result, SummarizerUnavailable

@@ -34,8 +34,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ingestion.settings import Settings
 from serving.profiles import ModelProfile
+from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class ModelSourceError(RuntimeError):
     """The profile's weights cannot be found or converted (message says what to do)."""
 
 
-def models_dir(settings: Settings) -> Path:
+def models_dir(settings: ServingSettings) -> Path:
     path = settings.resolved_state_dir() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -78,7 +78,7 @@ def package_gguf(package: str, filename: str) -> Path:
     raise ModelSourceError(f"{filename} not found in package {package!r}")
 
 
-def converted_dir(profile: ModelProfile, settings: Settings) -> Path:
+def converted_dir(profile: ModelProfile, settings: ServingSettings) -> Path:
     """Where the converted folder of a ``package:`` profile lives (whether or not it exists)."""
     package = profile.source.removeprefix("package:")
     stem = Path(profile.gguf_file or "model").stem
@@ -99,7 +99,7 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def prepare_model(profile: ModelProfile, settings: Settings) -> Path:
+def prepare_model(profile: ModelProfile, settings: ServingSettings) -> Path:
     """A transformers folder for ``profile``, converting or downloading it the first time."""
     if profile.device == "cpu":
         # save_pretrained (accelerate) imports deepspeed, which picks its accelerator on first
@@ -118,7 +118,7 @@ def prepare_model(profile: ModelProfile, settings: Settings) -> Path:
     return _download_hub(source, settings)
 
 
-def _download_hub(repo_id: str, settings: Settings) -> Path:
+def _download_hub(repo_id: str, settings: ServingSettings) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
@@ -136,7 +136,7 @@ def _download_hub(repo_id: str, settings: Settings) -> Path:
         ) from exc
 
 
-def _prepare_package(profile: ModelProfile, settings: Settings, package: str) -> Path:
+def _prepare_package(profile: ModelProfile, settings: ServingSettings, package: str) -> Path:
     target = converted_dir(profile, settings)
     if is_complete(target):
         return target

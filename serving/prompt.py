@@ -3,7 +3,7 @@
 A summary trained under one prompt and served under another is a bug, so both the engine and
 training build their token ids here:
 
-- :func:`build_prompt` turns an :class:`~ingestion.article.Article` into the chat prompt's
+- :func:`build_prompt` turns an :class:`~core.article.Article` into the chat prompt's
   token ids, within ``max_prompt_tokens`` *in all* (template, instruction, title, source,
   date and text): the text is kept from its beginning (news puts the essentials first) and
   cut at the token budget.
@@ -41,7 +41,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingestion.article import Article
+from core.article import Article
 
 PROMPT_VERSION = "summarize-v2"
 
@@ -94,7 +94,7 @@ _WS = re.compile(r"\s+")
 
 def _strip_markup(text: str) -> str:
     # The ingestion layer's HTML-to-text (selectolax/Lexbor): one way to read markup.
-    from ingestion.html_text import html_to_text, looks_like_html
+    from core.html_text import html_to_text, looks_like_html
 
     if looks_like_html(text):
         return html_to_text(text)

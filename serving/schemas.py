@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingestion.article import Article
+from core.article import Article
 from serving.result import Outcome, Result
 
 # serving.result.Outcome as the API reads and documents it: ``kind`` tells which model it is.

@@ -17,22 +17,17 @@ from typing import Any
 
 import asyncpg
 
-from ingestion import db as ingestion_db
-from ingestion.article import Article
-from ingestion.settings import Settings
-from ingestion.store import article_from_row
+from core import db
+from core.article import Article
+from core.articles import ARTICLE_COLUMNS, article_from_row
 from serving.result import ArticleError, Result
+from serving.settings import ServingSettings
 from serving.versions import Versions
 
 log = logging.getLogger(__name__)
 
 # Errors the same input will always produce: the loop does not try these articles again.
 PERMANENT_ERRORS = ("empty_input", "invalid_input")
-
-_ARTICLE_COLUMNS = (
-    "a.id, a.feed_id, a.title, a.text, a.url, a.guid, a.source, a.author, a.published_at, "
-    "a.language, a.duplicate_of"
-)
 
 _SAVE_OK_ARTICLE = """
 INSERT INTO results (article_id, content_hash, model_id, adapter_id, prompt_version, status,
@@ -99,9 +94,9 @@ class ResultStore:
         self._owns_pool = owns_pool
 
     @classmethod
-    async def open(cls, settings: Settings) -> ResultStore:
+    async def open(cls, settings: ServingSettings) -> ResultStore:
         """A store on its own pool of a migrated database."""
-        pool = await ingestion_db.create_pool(settings)
+        pool = await db.create_pool(settings)
         return cls(pool, owns_pool=True)
 
     async def close(self) -> None:
@@ -200,7 +195,7 @@ class ResultStore:
         """
         rows = await self.pool.fetch(
             f"""
-            SELECT {_ARTICLE_COLUMNS} FROM articles a
+            SELECT {ARTICLE_COLUMNS} FROM articles a
             WHERE a.published_at >= now() - make_interval(secs => $5)
               AND NOT EXISTS (
                 SELECT 1 FROM results r
@@ -232,7 +227,7 @@ class ResultStore:
         """
         rows = await self.pool.fetch(
             f"""
-            SELECT {_ARTICLE_COLUMNS}, r.result, r.updated_at AS summarized_at,
+            SELECT {ARTICLE_COLUMNS}, r.result, r.updated_at AS summarized_at,
                    r.importance * power(0.5, GREATEST(0.0,
                        EXTRACT(EPOCH FROM (now() - a.published_at)) / 3600.0) / $5) AS rank
             FROM articles a
@@ -268,7 +263,7 @@ class ResultStore:
     async def get_article(self, article_id: int) -> StoredArticle | None:
         """One stored article with its latest Result, or its latest error."""
         row = await self.pool.fetchrow(
-            f"SELECT {_ARTICLE_COLUMNS} FROM articles a WHERE a.id = $1", article_id
+            f"SELECT {ARTICLE_COLUMNS} FROM articles a WHERE a.id = $1", article_id
         )
         if row is None:
             return None

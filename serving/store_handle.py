@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ingestion.settings import Settings
+from serving.settings import ServingSettings
 from serving.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ STORE_RETRY_S = 10.0
 
 
 class StoreHandle:
-    def __init__(self, settings: Settings, *, retry_s: float = STORE_RETRY_S) -> None:
+    def __init__(self, settings: ServingSettings, *, retry_s: float = STORE_RETRY_S) -> None:
         self._settings = settings
         self.retry_s = retry_s
         self._store: ResultStore | None = None

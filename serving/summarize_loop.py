@@ -25,10 +25,10 @@ from typing import Any
 
 import asyncpg
 
-from ingestion.article import Article
-from ingestion.settings import Settings
+from core.article import Article
 from serving import metrics
 from serving.result import Outcome, Result, SummarizerUnavailable
+from serving.settings import ServingSettings
 from serving.store import ResultStore
 from serving.versions import Versions
 
@@ -46,7 +46,7 @@ class SummarizationLoop:
         store: ResultStore,
         summarize: SummarizeFn,
         versions: VersionsFn,
-        settings: Settings,
+        settings: ServingSettings,
     ) -> None:
         self.store = store
         self._summarize = summarize

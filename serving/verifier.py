@@ -45,7 +45,7 @@ from typing import Literal
 import snowballstemmer
 from pydantic import BaseModel, ConfigDict, Field
 
-from ingestion.article import Article
+from core.article import Article
 from serving.prompt import clean_text, split_sentences
 
 VERIFIER_VERSION = "verify-v1"

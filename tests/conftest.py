@@ -16,9 +16,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ingestion import db
-from ingestion.settings import Settings
+from cluster.settings import Settings
+from core import db
 from tests.feedserver import FeedServer
+
+# every test is one tier: unit, local or system (make test-fast runs the unit tier)
+pytest_plugins = ["tests.tiers"]
 
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 

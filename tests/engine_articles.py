@@ -3,7 +3,7 @@ Lee corpus' articles, which have none: ``train.corpus.headline``."""
 
 from __future__ import annotations
 
-from ingestion.article import Article
+from core.article import Article
 
 # Clearly graded from trivial to historic; the importance test expects this order.
 GRADED: list[Article] = [

@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from cluster.local_cluster import free_port
+from core.article import Article
 from ingestion import store as ingestion_store
-from ingestion.article import Article
 from ingestion.normalizer import NormalizedEntry, dedup_key
 from serving.result import ImportanceParts, Result
 

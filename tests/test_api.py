@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from ingestion.settings import Settings
+from cluster.settings import Settings
 from serving.deployments.summarizer import Summarizer
 from serving.local import LocalBackend, local_app
 from serving.store import ResultStore

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ingestion.settings import Settings
+from cluster.settings import Settings
 
 NEWS = """\
 Harbour town opens flood barrier after six years of work

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import asyncpg
+import pytest
 
-from ingestion import db
+from core import db
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_migrations_apply_once_in_order(database_url: str) -> None:
@@ -35,8 +39,9 @@ async def test_concurrent_migrations_do_not_race(database_url: str) -> None:
             await c.close()
 
 
+@pytest.mark.local  # starts the embedded PostgreSQL itself
 async def test_embedded_postgres_when_no_url(tmp_path) -> None:
-    from ingestion.settings import Settings
+    from cluster.settings import Settings
 
     settings = Settings(database_url=None, state_dir=tmp_path / "state")
     dsn = await db.resolve_database_url(settings)
@@ -53,3 +58,17 @@ async def test_embedded_postgres_when_no_url(tmp_path) -> None:
         server = embedded_postgres.get_server(settings.state_dir / "pg")
         server.cleanup_mode = "stop"
         server.cleanup()
+
+
+@pytest.mark.unit
+def test_each_layer_owns_its_migrations_and_one_order_runs_them() -> None:
+    """Numbers are unique across layers and contiguous, so the global order is unambiguous."""
+    names = [name for name, _ in db.migration_files()]
+    numbers = [int(name.split("_", 1)[0]) for name in names]
+    assert numbers == list(range(1, len(names) + 1))
+    owners = {
+        owner: sorted(p.name for p in (ROOT / owner / "migrations").glob("*.sql"))
+        for owner in db.SCHEMA_OWNERS
+    }
+    assert owners["ingestion"][0].startswith("001_") and owners["serving"] and owners["train"]
+    assert sorted(n for names in owners.values() for n in names) == names

@@ -18,10 +18,10 @@ import pytest
 
 from cluster.local_cluster import free_port
 from cluster.sample_data import SAMPLE_SOURCES, build_sample_feeds
-from ingestion import db
+from cluster.settings import Settings
+from core import db
 from ingestion.feedlist import FeedSpec, add_feeds
 from ingestion.poller import Poller
-from ingestion.settings import Settings
 from serving.app import AppArgs, SummarizerOptions, compose
 from serving.deployments.summarizer import SummarizerConfig
 from tests.serve_support import write_test_profile

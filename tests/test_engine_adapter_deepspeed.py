@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ingestion.settings import Settings
+from cluster.settings import Settings
 from serving.engine import SummarizeEngine, init_deepspeed
 from serving.profiles import load_profile
 from serving.result import Result

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ingestion.article import Article
+from core.article import Article
 from serving.decoding import greedy_decode, left_pad
 from serving.profiles import cpu_has_native_bf16, load_profile, resolve_dtype
 from serving.prompt import build_prompt

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ingestion.settings import Settings
+from cluster.settings import Settings
 from tests.engine_articles import GRADED
 
 

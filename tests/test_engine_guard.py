@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ingestion.article import Article
+from core.article import Article
 from serving.prompt import clean_text, split_sentences
 from serving.result import ArticleError, Result
 from serving.verifier import Evidence, verify

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ingestion.settings import Settings
+from cluster.settings import Settings
 from serving.model_source import MARKER, ModelSourceError, package_gguf, prepare_model
 from serving.profiles import load_profile
 
@@ -56,7 +56,7 @@ def test_prepare_is_idempotent(prepared_model_dir: Path, engine_settings: Settin
 _RACER = """
 import logging, sys, time
 logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
-from ingestion.settings import Settings
+from cluster.settings import Settings
 from serving.model_source import prepare_model
 from serving.profiles import load_profile
 started = time.time()
@@ -66,6 +66,7 @@ print(path, round(time.time() - started, 1))
 
 
 @pytest.mark.slow
+@pytest.mark.local  # two processes convert the real model
 def test_two_processes_preparing_at_once_convert_once(tmp_path: Path) -> None:
     state = tmp_path / "state"
     procs = [

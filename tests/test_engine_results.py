@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from ingestion.article import Article
+from core.article import Article
 from serving.importance import blend
 from serving.result import ArticleError, Result
 from tests.engine_articles import GRADED, INJECTION

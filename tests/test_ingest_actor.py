@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 import ray
 
+from cluster.settings import Settings
 from ingestion.actor import RAY_NAMESPACE, FeedPoller
-from ingestion.settings import Settings
 from tests.feedserver import items, rss_document
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from cluster.settings import Settings
 from ingestion.fetcher import Fetcher, FetchOutcome, parse_retry_after
-from ingestion.settings import Settings
 from ingestion.urlguard import BlockedAddressError, GuardedBackend, check_url
 from tests.feedserver import FeedServer, items, rss_document
 

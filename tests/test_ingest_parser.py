@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ingestion.article import content_hash
-from ingestion.html_text import html_to_text
+from core.article import content_hash
+from core.html_text import html_to_text
 from ingestion.normalizer import (
     REJECT_NO_LINK_NO_TEXT,
     canonical_url,

@@ -15,9 +15,10 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import pytest
 
-from ingestion import db, store
+from cluster.settings import Settings
+from core import db
+from ingestion import store
 from ingestion.poller import poll_once
-from ingestion.settings import Settings
 from tests.feedserver import items, rss_document
 
 

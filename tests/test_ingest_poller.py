@@ -10,9 +10,9 @@ import time
 import asyncpg
 import pytest
 
+from cluster.settings import Settings
 from ingestion import store
 from ingestion.poller import Poller, poll_once
-from ingestion.settings import Settings
 from tests.feedserver import FeedServer, Item, items, rss_document
 
 

@@ -17,9 +17,9 @@ import pytest
 import ray
 
 from cluster.components import Stack, StackContext
+from cluster.settings import Settings
 from cluster.stack import DatabaseComponent, FeedsComponent, PollerComponent, RayComponent
 from ingestion.actor import RAY_NAMESPACE
-from ingestion.settings import Settings
 from tests.feedserver import items, rss_document
 
 

@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from cluster.settings import Settings
+from core.article import Article
+from core.articles import load_articles
 from ingestion import store
-from ingestion.article import Article
 from ingestion.normalizer import NormalizedEntry, dedup_key
 from ingestion.schedule import ACTIVE, DISABLED, QUARANTINED, after_failure, after_success
-from ingestion.settings import Settings
 
 WHEN = datetime(2025, 6, 10, 4, 0, tzinfo=UTC)
 
@@ -91,7 +92,7 @@ async def test_inserts_are_idempotent(pool):
     assert (first.new, first.duplicate) == (5, 0)
     assert (second.new, second.duplicate) == (1, 5)
     assert await pool.fetchval("SELECT count(*) FROM articles") == 6
-    stored = await store.load_articles(pool, feed_id=feed.id, limit=10)
+    stored = await load_articles(pool, feed_id=feed.id, limit=10)
     assert {a.guid for a in stored} == {f"s-{i}" for i in range(6)}
     assert all(a.source == "Example" and a.published == WHEN for a in stored)
 
@@ -112,7 +113,7 @@ async def test_same_text_from_another_feed_is_marked_duplicate(pool):
     orig = await pool.fetchval("SELECT id FROM articles WHERE feed_id=$1 AND guid='s-1'", a.id)
     dup = await pool.fetchrow("SELECT duplicate_of FROM articles WHERE dedup_key='other-key'")
     assert dup["duplicate_of"] == orig
-    loaded = await store.load_articles(pool, include_copies=False, limit=50)
+    loaded = await load_articles(pool, include_copies=False, limit=50)
     assert all(x.duplicate_of is None for x in loaded) and len(loaded) == 5
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ingestion.article import Article
-from ingestion.settings import Settings
+from cluster.settings import Settings
+from core.article import Article
 from serving.cache import SummaryCache
 from serving.deployments.summarizer import Summarizer
 from serving.lookup import LookupService, VersionTracker

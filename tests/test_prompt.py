@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ingestion.article import Article
+from core.article import Article
 from serving import prompt as P
 
 

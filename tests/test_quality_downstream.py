@@ -19,8 +19,8 @@ import httpx
 import numpy as np
 import pytest
 
-from ingestion.article import Article
-from ingestion.settings import Settings
+from cluster.settings import Settings
+from core.article import Article
 from serving import metrics
 from serving.deployments.summarizer import Summarizer
 from serving.local import LocalBackend, local_app

@@ -16,7 +16,7 @@ from ray.serve.exceptions import RayServeException
 from cluster.components import StackContext
 from cluster.local_cluster import free_port
 from cluster.serve_app import APP_NAME, ServeAppComponent
-from ingestion.settings import Settings
+from cluster.settings import Settings
 from serving.store import ResultStore
 from tests.serve_support import sample_article, store_articles, write_test_profile
 

@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from cluster.local_cluster import RayHead, free_port
-from ingestion import db
-from ingestion.article import Article
+from core import db
+from core.article import Article
 from serving.app import fast_path_env
 from serving.result import Result
 from serving.store import ResultStore
@@ -272,6 +272,6 @@ async def _until_busy(client: httpx.AsyncClient, timeout_s: float = 120) -> None
 
 
 def _settings(deployed: Deployed):  # type: ignore[no-untyped-def]
-    from ingestion.settings import Settings
+    from cluster.settings import Settings
 
     return Settings(database_url=deployed.database_url, redis_url=None)

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from ingestion.article import Article
-from ingestion.settings import Settings
+from cluster.settings import Settings
+from core.article import Article
 from serving.cache import SummaryCache
 from serving.deployments.summarizer import Summarizer
 from serving.lookup import LookupService, VersionTracker

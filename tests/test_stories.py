@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 
 from cluster.sample_data import SAMPLE_SOURCES, build_sample_feeds, lightly_edited
-from ingestion import db
+from cluster.settings import Settings
+from core import db
+from core.article import Article
+from core.articles import load_articles
 from ingestion import store as ingest_store
-from ingestion.article import Article
 from ingestion.feedlist import FeedSpec, add_feeds
 from ingestion.normalizer import NormalizedEntry
 from ingestion.poller import Poller
-from ingestion.settings import Settings
 from serving.local import LocalBackend, local_app
 from serving.result import ImportanceParts, Result
 from serving.store import ResultStore
@@ -163,7 +164,7 @@ async def _store(
     ]
     async with pool.acquire() as conn, conn.transaction():
         await ingest_store.store_articles(conn, feed.id, entries)
-    return await ingest_store.load_articles(pool, feed_id=feed.id)
+    return await load_articles(pool, feed_id=feed.id)
 
 
 async def _result(
@@ -299,7 +300,7 @@ async def test_ranking_and_filters(
     assert await ranked(since=two_days, topic="nothing-like-it") == []
 
     # a summary arriving late counts at once: D becomes the top story
-    d_article = await ingest_store.load_articles(pool, ids=None, limit=100)
+    d_article = await load_articles(pool, ids=None, limit=100)
     d_art = next(x for x in d_article if x.guid == "d")
     await _result(ResultStore(pool), d_art, 95, ["health"])
     assert (await ranked())[0] == ids["d"]

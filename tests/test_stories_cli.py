@@ -22,8 +22,8 @@ import uvicorn
 from cluster.components import Stack
 from cluster.local_cluster import free_port
 from cluster.sample_data import SAMPLE_SOURCES, SampleFeedsComponent
+from cluster.settings import Settings
 from cluster.stack import DatabaseComponent
-from ingestion.settings import Settings
 from serving.local import LocalBackend, local_app
 from serving.store import ResultStore
 from tests.serve_support import make_result, sample_article, store_articles

@@ -11,8 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ingestion.article import Article
-from ingestion.settings import Settings
+from cluster.settings import Settings
+from core.article import Article
 from train.data import IGNORE_INDEX, load_examples
 from train.generate_training_data import ArticleFilter, fetch_articles, generate
 from train.pairs import PairWriter, iter_jsonl, split_of, story_keys

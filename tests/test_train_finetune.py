@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 import torch
 
-from ingestion.article import Article
-from ingestion.settings import Settings
+from cluster.settings import Settings
+from core.article import Article
 from train import registry
 from train.config import TrainConfig, load_train_config
 from train.data import IGNORE_INDEX, collate, load_examples

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestion.article import Article
+from core.article import Article
 from serving.engine import Candidate, candidate_seed
 from serving.verifier import Evidence, check
 from train.corpus import headline, lee_articles

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ingestion.article import Article
+from core.article import Article
 from train.generate_training_data import generate
 from train.pairs import iter_jsonl
 from train.teachers import OpenAITeacher, ServeTeacher, TeacherError, parse_teacher_json

@@ -12,7 +12,7 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingestion.article import Article
+from core.article import Article
 from serving.extractive import extractive_summary
 from serving.prompt import clean_text, split_sentences
 from serving.verifier import Evidence, check, repair, verify

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from ingestion.article import Article
+from core.article import Article
 from serving.prompt import PROMPT_VERSION, InputError, OutputError, format_training_example
 from train.pairs import iter_jsonl
 

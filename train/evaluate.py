@@ -29,10 +29,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ingestion.article import Article
-from ingestion.settings import Settings
+from core.article import Article
 from serving.verifier import VERIFIER_VERSION, Evidence, VerifierReport, check
 from train.pairs import iter_jsonl
+from train.settings import TrainSettings
 
 
 def rouge_l(predictions: list[str], references: list[str]) -> float:
@@ -117,13 +117,13 @@ def _summaries(
     return [text for text, _ in judged], errors, [report for _, report in judged]
 
 
-def report_mode(profile: Any, settings: Settings | None = None) -> Any:
+def report_mode(profile: Any, settings: TrainSettings | None = None) -> Any:
     """``profile`` (a ModelProfile, a name, or None for the settings' one) with its guard in
     ``report`` mode: the engine then serves the model's own summary, whatever its report."""
     from serving.profiles import ModelProfile, load_profile
 
     if not isinstance(profile, ModelProfile):
-        profile = load_profile(profile or (settings or Settings()).model_profile)
+        profile = load_profile(profile or (settings or TrainSettings()).model_profile)
     guard = profile.guard.model_copy(update={"mode": "report"})
     return profile.model_copy(update={"guard": guard})
 
@@ -146,7 +146,7 @@ def mean_words(summaries: list[str]) -> float:
 
 def rouge_on_pairs(
     profile: Any,
-    settings: Settings,
+    settings: TrainSettings,
     pairs_file: Path,
     *,
     adapter_dir: Path | None,
@@ -245,10 +245,10 @@ def describe(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def _run_from_registry(settings: Settings, run_id: int) -> Any:
+async def _run_from_registry(settings: TrainSettings, run_id: int) -> Any:
     import asyncpg
 
-    from ingestion import db
+    from core import db
     from train import registry
 
     conn = await asyncpg.connect(await db.resolve_database_url(settings))
@@ -259,10 +259,10 @@ async def _run_from_registry(settings: Settings, run_id: int) -> Any:
         await conn.close()
 
 
-async def _record(settings: Settings, run_id: int, patch: dict[str, Any]) -> None:
+async def _record(settings: TrainSettings, run_id: int, patch: dict[str, Any]) -> None:
     import asyncpg
 
-    from ingestion import db
+    from core import db
     from train import registry
 
     conn = await asyncpg.connect(await db.resolve_database_url(settings))
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from serving.profiles import load_profile
 
-    settings = Settings()
+    settings = TrainSettings()
     profile_name = args.profile
     adapter_dir = args.adapter
     pairs_file = args.pairs

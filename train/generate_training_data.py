@@ -45,12 +45,13 @@ from typing import Any
 import asyncpg
 from tqdm import tqdm
 
-from ingestion import db
-from ingestion.article import Article
-from ingestion.settings import Settings
+from core import db
+from core.article import Article
+from core.articles import ARTICLE_COLUMNS, article_from_row
 from serving.prompt import PROMPT_VERSION, InputError, check_article
 from serving.verifier import DEFAULT_MIN_SUPPORT, VERIFIER_VERSION, Evidence, check
 from train.pairs import PairWriter, article_record, split_of, story_keys
+from train.settings import TrainSettings
 from train.teachers import Teacher, TeacherError, make_teacher
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,9 @@ class Report:
         return data
 
 
-_SQL = """
-SELECT a.id, a.feed_id, a.title, a.text, a.url, a.guid, a.author, a.language,
-       a.published_at, a.duplicate_of, COALESCE(a.source, f.title) AS source
+# The article's own source, else its feed's title: a training prompt always names a source.
+_SQL = f"""
+SELECT {ARTICLE_COLUMNS}, f.title AS feed_title
 FROM articles a JOIN feeds f ON f.id = a.feed_id
 WHERE length(a.text) BETWEEN $1 AND $2
   AND ($3::text IS NULL OR a.language IS NULL OR lower(a.language) LIKE lower($3) || '%')
@@ -120,19 +121,7 @@ async def fetch_articles(
         flt.limit,
     )
     return [
-        Article(
-            id=r["id"],
-            feed_id=r["feed_id"],
-            title=(r["title"] or "")[:1000],
-            text=r["text"],
-            url=r["url"],
-            guid=r["guid"],
-            author=r["author"],
-            language=r["language"],
-            published=r["published_at"],
-            duplicate_of=r["duplicate_of"],
-            source=r["source"],
-        )
+        article_from_row(r).model_copy(update={"source": r["source"] or r["feed_title"]})
         for r in rows
     ]
 
@@ -262,18 +251,18 @@ def _write_report(out_dir: Path, report: Report) -> None:
     os.replace(tmp, path)
 
 
-def training_dir(settings: Settings) -> Path:
+def training_dir(settings: TrainSettings) -> Path:
     path = (settings.training_dir or settings.resolved_state_dir() / "training").expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def default_pairs_dir(settings: Settings) -> Path:
+def default_pairs_dir(settings: TrainSettings) -> Path:
     return training_dir(settings) / "pairs"
 
 
 async def run(
-    settings: Settings,
+    settings: TrainSettings,
     out_dir: Path,
     teacher: Teacher,
     flt: ArticleFilter,
@@ -332,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
 
-    settings = Settings()
+    settings = TrainSettings()
     out_dir = args.out or default_pairs_dir(settings)
     min_support = args.min_support
     if min_support is None:

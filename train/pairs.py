@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ingestion.article import Article
+from core.article import Article
 
 SPLITS = ("train", "val")
 _WORDS = re.compile(r"[a-z0-9]+")

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ingestion.feed_writer import FeedItem, rss_document
-from ingestion.settings import Settings
 from train.corpus import headline, lee_articles
+from train.settings import TrainSettings
 
 FEED_START = datetime(2001, 12, 20, 6, 0, tzinfo=UTC)  # the corpus is ABC news of that time
 
@@ -63,9 +63,10 @@ def write_lee_feeds(
     return paths
 
 
-async def ingest_files(settings: Settings, paths: list[Path]) -> dict[str, Any]:
+async def ingest_files(settings: TrainSettings, paths: list[Path]) -> dict[str, Any]:
     """Subscribe to ``paths`` as file:// feeds, poll them once; counts of what was stored."""
-    from ingestion import db, store
+    from core import db
+    from ingestion import store
     from ingestion.poller import poll_once
 
     pool = await db.create_pool(settings)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="at most this many articles")
     parser.add_argument("--no-ingest", action="store_true", help="only write the RSS files")
     args = parser.parse_args(argv)
-    settings = Settings()
+    settings = TrainSettings()
     paths = write_lee_feeds(settings.resolved_state_dir(), feeds=args.feeds, limit=args.limit)
     print("\n".join(str(p) for p in paths))
     if not args.no_ingest:

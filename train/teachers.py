@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from ingestion.article import Article
+from core.article import Article
 from serving.prompt import (
     CLOSE_FENCE,
     OPEN_FENCE,

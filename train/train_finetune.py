@@ -30,12 +30,12 @@ from typing import Any
 
 import asyncpg
 
-from ingestion import db
-from ingestion.settings import Settings
+from core import db
 from train import registry
 from train.config import TrainConfig, load_train_config
 from train.generate_training_data import training_dir
 from train.pairs import iter_jsonl
+from train.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def describe_data(train_file: Path, val_file: Path) -> dict[str, Any]:
     return info
 
 
-async def _registry(settings: Settings, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+async def _registry(settings: TrainSettings, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     conn = await asyncpg.connect(await db.resolve_database_url(settings))
     try:
         await db.migrate(conn)
@@ -80,7 +80,7 @@ async def _registry(settings: Settings, fn, *args, **kwargs):  # type: ignore[no
 
 def fit(
     cfg: TrainConfig,
-    settings: Settings,
+    settings: TrainSettings,
     *,
     model_dir: Path,
     train_file: Path,
@@ -158,7 +158,7 @@ def _install_adapter(result: Any, dest: Path) -> Path:
 
 
 def run_training(
-    cfg: TrainConfig, settings: Settings, *, register: bool = True, evaluate: bool = True
+    cfg: TrainConfig, settings: TrainSettings, *, register: bool = True, evaluate: bool = True
 ) -> dict[str, Any]:
     """Train, evaluate and register one run; returns the summary (also stored)."""
     from serving.model_source import prepare_model
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--promote", action="store_true", help="promote the adapter when done")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    settings = Settings()
+    settings = TrainSettings()
     cfg = load_train_config(
         args.config,
         name=args.name,

@@ -13,7 +13,7 @@ from typing import Any, TextIO, TypeVar
 
 from rich.console import Console
 
-from ingestion.settings import Settings
+from cluster.settings import Settings
 
 T = TypeVar("T")
 console = Console()

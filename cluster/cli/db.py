@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from cluster.cli.common import console, run, settings
-from ingestion import db
+from core import db
 
 
 def register(app: typer.Typer) -> None:

@@ -20,10 +20,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cluster.cli.common import console, err_console, run, settings
-from ingestion import db, store
+from cluster.settings import Settings
+from core import db
+from ingestion import store
 from ingestion.feedlist import FeedListError, add_feeds, load_feeds_yaml
 from ingestion.schedule import ACTIVE, DISABLED
-from ingestion.settings import Settings
 from ingestion.subscriptions import InvalidFeedURL, check_feed_url, subscribe
 
 _STATUS_STYLE = {"active": "green", "quarantined": "yellow", "disabled": "red"}

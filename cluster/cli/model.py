@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cluster.cli.common import err_console, settings, stdout_for_data
-from ingestion.article import Article
+from core.article import Article
 
 model_app = typer.Typer(help="The summarization model: prepare (convert) it.", no_args_is_help=True)
 

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cluster.cli.common import console, err_console, run, settings
-from ingestion import db
+from core import db
 from train import registry
 
 

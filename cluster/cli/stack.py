@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from cluster.cli.common import console, err_console, settings
-from ingestion.settings import Settings
+from cluster.settings import Settings
 
 
 def pid_file(s: Settings) -> Path:

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from cluster.cli.common import console, run, settings
-from ingestion.settings import Settings
+from cluster.settings import Settings
 
 _COUNTS = """
 SELECT
@@ -40,7 +40,7 @@ SELECT
 
 async def collect_status(s: Settings, api_url: str | None) -> dict[str, Any]:
     """Everything ``newsdesk status`` shows, as one JSON-able dict."""
-    from ingestion import db
+    from core import db
 
     pool = await db.create_pool(s)
     try:

@@ -31,11 +31,11 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
-from ingestion.article import Article
-from ingestion.settings import Settings
+from core.article import Article
 from serving.cache import SummaryCache
 from serving.lookup import LookupService, Source, VersionTracker
 from serving.result import Outcome, SummarizerUnavailable
+from serving.settings import ServingSettings
 from serving.store_handle import StoreHandle
 from serving.versions import Versions, summarizer_versions
 
@@ -49,7 +49,7 @@ class CacheLookup:
     def __init__(
         self,
         summarizer: DeploymentHandle,
-        settings: Settings,
+        settings: ServingSettings,
         version_refresh_s: float = 2.0,
     ) -> None:
         self._summarizer = summarizer

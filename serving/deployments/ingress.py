@@ -14,8 +14,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
-from ingestion.article import Article
-from ingestion.settings import Settings
+from core.article import Article
 from serving.api import build_api
 from serving.deployments.cache_lookup import summarize_via
 from serving.http.config import ApiConfig
@@ -23,6 +22,7 @@ from serving.http.errors import BackendUnavailable
 from serving.lookup import NearCache, VersionTracker
 from serving.result import Outcome
 from serving.schemas import Check
+from serving.settings import ServingSettings
 from serving.store import ArticleQuery, ResultStore, StoredArticle
 from serving.store_handle import StoreHandle
 from serving.stories.ranking import list_stories, story_list_args
@@ -46,7 +46,7 @@ class ServeBackend:
         self,
         cache_lookup: DeploymentHandle,
         summarizer: DeploymentHandle,
-        settings: Settings,
+        settings: ServingSettings,
         loop: DeploymentHandle | None = None,
     ) -> None:
         self._lookup = cache_lookup
@@ -171,7 +171,7 @@ class Ingress:
         self,
         cache_lookup: DeploymentHandle,
         summarizer: DeploymentHandle,
-        settings: Settings,
+        settings: ServingSettings,
         loop: DeploymentHandle | None = None,
     ) -> None:
         self._backend = ServeBackend(cache_lookup, summarizer, settings, loop)

@@ -14,10 +14,10 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from ingestion.article import Article
-from ingestion.settings import Settings
+from core.article import Article
 from serving.deployments.cache_lookup import summarize_via
 from serving.result import Outcome
+from serving.settings import ServingSettings
 from serving.store_handle import StoreHandle
 from serving.summarize_loop import SummarizationLoop
 from serving.versions import Versions
@@ -32,7 +32,7 @@ class LoopRunner:
         self,
         cache_lookup: DeploymentHandle,
         summarizer: DeploymentHandle,
-        settings: Settings,
+        settings: ServingSettings,
         stories: DeploymentHandle | None = None,
     ) -> None:
         self._cache_lookup = cache_lookup

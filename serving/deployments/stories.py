@@ -12,7 +12,7 @@ from typing import Any
 
 from ray import serve
 
-from ingestion.settings import Settings
+from serving.settings import ServingSettings
 from serving.store_handle import StoreHandle
 from serving.stories.worker import StoryAssigner
 
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class StoryAssignerRunner:
-    async def __init__(self, settings: Settings) -> None:
+    async def __init__(self, settings: ServingSettings) -> None:
         self._settings = settings
         self._assigner: StoryAssigner | None = None
         self._store = StoreHandle(settings)

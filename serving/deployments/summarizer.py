@@ -30,12 +30,12 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from ingestion.article import Article
-from ingestion.settings import Settings
+from core.article import Article
 from serving import metrics
 from serving.engine import SummarizeEngine
 from serving.profiles import ModelProfile
 from serving.result import ArticleError, Outcome, Result
+from serving.settings import ServingSettings
 from serving.versions import Versions
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Summarizer:
     def __init__(
         self,
         profile: ModelProfile | str,
-        settings: Settings,
+        settings: ServingSettings,
         engine: SummarizeEngine | None = None,
     ) -> None:
         started = time.perf_counter()

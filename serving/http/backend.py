@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from ingestion.article import Article
+from core.article import Article
 from serving.result import Outcome
 from serving.schemas import Check
 from serving.store import ArticleQuery, StoredArticle

@@ -1,4 +1,4 @@
-"""The API's own settings (limits, key, time limit), taken from :class:`Settings` once."""
+"""The API's own settings (limits, key, time limit), taken from :class:`ServingSettings` once."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from ingestion.settings import Settings
+from serving.settings import ServingSettings
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,9 @@ class ApiConfig:
     behind_serve_proxy: bool = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, behind_serve_proxy: bool = False) -> ApiConfig:
+    def from_settings(
+        cls, settings: ServingSettings, *, behind_serve_proxy: bool = False
+    ) -> ApiConfig:
         key = settings.api_key
         return cls(
             api_key=key.get_secret_value() if isinstance(key, SecretStr) else key,

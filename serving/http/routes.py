@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ingestion.article import Article
+from core.article import Article
 from serving.http.backend import ApiBackend
 from serving.http.config import ApiConfig
 from serving.http.errors import ApiError, validate, validation_error

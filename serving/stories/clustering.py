@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-from ingestion.article import Article
+from core.article import Article
 from serving.stories.embedder import EMBEDDING_DIM
 
 JoinedBy = Literal["founder", "duplicate", "similar"]

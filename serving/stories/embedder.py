@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ingestion.article import Article
+from core.article import Article
 
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
 

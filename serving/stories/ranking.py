@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from ingestion.settings import Settings
+from serving.settings import ServingSettings
 from serving.stories.schemas import (
     Ranking,
     RankParts,
@@ -134,7 +134,7 @@ async def list_stories(
     )
 
 
-def story_list_args(settings: Settings) -> dict[str, float]:
+def story_list_args(settings: ServingSettings) -> dict[str, float]:
     """The ranking knobs of :func:`list_stories` from the settings."""
     return {
         "half_life_h": settings.api_rank_half_life_h,

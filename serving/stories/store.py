@@ -11,8 +11,8 @@ from typing import Literal
 import asyncpg
 import numpy as np
 
-from ingestion.article import Article
-from ingestion.store import article_from_row
+from core.article import Article
+from core.articles import ARTICLE_COLUMNS, article_from_row
 from serving.stories.clustering import (
     AssignReport,
     Candidates,
@@ -44,9 +44,8 @@ def _cast(backend: Backend) -> str:
 
 # --- assignment -----------------------------------------------------------------------------
 
-_PENDING = """
-SELECT a.id, a.feed_id, a.title, a.text, a.url, a.guid, a.source, a.author, a.published_at,
-       a.language, a.duplicate_of
+_PENDING = f"""
+SELECT {ARTICLE_COLUMNS}
 FROM articles a
 WHERE a.published_at >= $1
   AND NOT EXISTS (SELECT 1 FROM story_articles sa WHERE sa.article_id = a.id)

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from ingestion.settings import Settings
+from serving.settings import ServingSettings
 from serving.stories.clustering import AssignReport
 from serving.stories.embedder import StoryEmbedder
 from serving.stories.store import assign_articles, pending_articles
@@ -27,7 +27,7 @@ class StoryAssigner:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        settings: Settings,
+        settings: ServingSettings,
         embedder: StoryEmbedder | None = None,
     ) -> None:
         self.pool = pool

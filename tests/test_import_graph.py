@@ -1,0 +1,104 @@
+"""The layering the README promises, checked on the source: no upward edge, no cycle.
+
+    core  <-  ingestion, serving  <-  train  <-  cluster  <-  benchmarks
+
+Every import counts, also one inside a function (a lazy import is still a dependency).
+``ingestion`` and ``serving`` are side by side: a Serve replica needs no feed code and the
+poller no model code; what both need lives in ``core``. Nothing in the product imports
+``tests``, and benchmarks import product code only.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parent.parent
+ALLOWED = {
+    "core": {"core"},
+    "ingestion": {"core", "ingestion"},
+    "serving": {"core", "serving"},
+    "train": {"core", "ingestion", "serving", "train"},
+    "cluster": {"core", "ingestion", "serving", "train", "cluster"},
+    "benchmarks": {"core", "ingestion", "serving", "train", "cluster", "benchmarks"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(imported module, line, at module scope) for every import in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    top_level = {id(node) for node in tree.body}
+    package = _module_name(path).rsplit(".", 0 if path.name == "__init__.py" else 1)[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            names = [module] + [f"{module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            found.append((name, node.lineno, id(node) in top_level))
+    return found
+
+
+def _sources() -> list[Path]:
+    return sorted(p for layer in ALLOWED for p in (ROOT / layer).rglob("*.py"))
+
+
+def test_no_layer_imports_a_layer_above_or_beside_it() -> None:
+    wrong: dict[tuple[str, int], str] = {}
+    for path in _sources():
+        layer = path.relative_to(ROOT).parts[0]
+        for name, line, _ in _imports(path):
+            target = name.split(".")[0]
+            if target in ALLOWED or target == "tests":
+                if target not in ALLOWED[layer]:
+                    where = (str(path.relative_to(ROOT)), line)
+                    wrong.setdefault(where, f"{where[0]}:{line} imports {name}")
+    assert not wrong, "\n".join(wrong.values())
+
+
+def test_modules_import_each_other_without_a_cycle() -> None:
+    modules = {_module_name(p): p for p in _sources()}
+    graph: dict[str, set[str]] = defaultdict(set)
+    for module, path in modules.items():
+        for name, _, _ in _imports(path):
+            # `from a.b import c` names a.b.c, which is a module or a name in a.b
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                graph[module].add(name)
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join([*path[path.index(nxt) :], node, nxt]))
+            elif nxt not in state:
+                visit(nxt, [*path, node])
+        state[node] = 2
+
+    for module in sorted(modules):
+        if module not in state:
+            visit(module, [])
+    assert not cycles, "\n".join(cycles)
