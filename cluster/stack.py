@@ -22,6 +22,7 @@ from typing import Any
 from cluster.components import Component, StackContext
 from cluster.settings import Settings
 from ingestion.actor import RAY_NAMESPACE
+from ingestion.settings import IngestionSettings
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,8 @@ class PollerComponent:
         }
         if s.ray_address:
             options["lifetime"] = "detached"  # survives a lost driver on a real cluster
-        self.handle = FeedPoller.options(**options).remote(s)
+        # the actor receives its own section only (core + ingestion fields)
+        self.handle = FeedPoller.options(**options).remote(s.section(IngestionSettings))
         status = ray.get(self.handle.ready.remote(), timeout=self.ready_timeout_s)
         ray.get(self.handle.start.remote(), timeout=self.ready_timeout_s)
         ctx.values["poller"] = self.handle

@@ -179,13 +179,15 @@ class AppArgs(BaseModel):
         return overrides
 
     def apply_to(self, base: ServingSettings | None = None) -> ServingSettings:
-        """``base`` (default: read from the environment) with this app's overrides."""
+        """``base`` (default: read from the environment) with this app's overrides, narrowed to
+        the serving section: that is all the deployments receive."""
         overrides = self.overrides()
         if base is None:
             return ServingSettings(**overrides)
         # validate the overrides alone (ServingSettings' types and bounds), then lay them on base
         checked = ServingSettings(**overrides)
-        return base.model_copy(update={name: getattr(checked, name) for name in overrides})
+        serving = base.section(ServingSettings)
+        return serving.model_copy(update={name: getattr(checked, name) for name in overrides})
 
 
 _OVERRIDE_FIELDS = (
