@@ -9,7 +9,8 @@ import pytest
 
 from cluster.sample_data import lee_articles
 from ingestion.article import Article
-from serving.prompt import clean_text, split_sentences
+from serving.output_parser import split_sentences
+from serving.prompt import clean_text
 from serving.result import ArticleError, Result
 from serving.verifier import Evidence, verify
 from tests.engine_articles import headline

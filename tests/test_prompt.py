@@ -1,4 +1,5 @@
-"""The prompt and parser contract (serving/prompt.py), with the real default tokenizer."""
+"""The prompt and parser contract (serving/prompt.py, serving/output_parser.py), with the real
+default tokenizer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ingestion.article import Article
+from serving import output_parser as parser
 from serving import prompt as P
 
 
@@ -152,7 +154,7 @@ def test_missing_title_is_marked_untitled(tokenizer) -> None:
     ],
 )
 def test_parse_output_repairs(raw: str, expected: str, repair: str | None) -> None:
-    parsed = P.parse_output(raw)
+    parsed = parser.parse_output(raw)
     assert parsed.summary == expected
     if repair:
         assert repair in parsed.repairs
@@ -176,8 +178,8 @@ def test_parse_output_repairs(raw: str, expected: str, repair: str | None) -> No
     ],
 )
 def test_parse_output_rejects_empty_short_and_echoes(raw: str) -> None:
-    with pytest.raises(P.OutputError):
-        P.parse_output(raw, article=_article("A storm hit the coast on Monday."))
+    with pytest.raises(parser.OutputError):
+        parser.parse_output(raw, article=_article("A storm hit the coast on Monday."))
 
 
 def test_training_example_uses_exactly_the_serving_prompt(tokenizer) -> None:
@@ -192,8 +194,8 @@ def test_training_example_uses_exactly_the_serving_prompt(tokenizer) -> None:
     assert prompt_ids == P.build_prompt(tokenizer, article, 384).ids
     assert completion[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
     decoded = tokenizer.decode(completion, skip_special_tokens=True)
-    assert P.parse_output(decoded, article).summary == target
-    with pytest.raises(P.OutputError):  # a target serving would reject is not trained on
+    assert parser.parse_output(decoded, article).summary == target
+    with pytest.raises(parser.OutputError):  # a target serving would reject is not trained on
         P.format_training_example(tokenizer, article, "  ", 384)
 
 

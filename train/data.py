@@ -19,7 +19,8 @@ import torch
 from pydantic import ValidationError
 
 from ingestion.article import Article
-from serving.prompt import PROMPT_VERSION, InputError, OutputError, format_training_example
+from serving.output_parser import OutputError
+from serving.prompt import PROMPT_VERSION, InputError, format_training_example
 from train.pairs import iter_jsonl
 
 IGNORE_INDEX = -100
