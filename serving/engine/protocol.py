@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from ingestion.article import Article
 from serving.engine.candidates import Candidate
@@ -18,6 +18,7 @@ from serving.result import ArticleError, Result
 from serving.versions import Versions
 
 
+@runtime_checkable
 class Engine(Protocol):
     @property
     def versions(self) -> Versions:
