@@ -81,7 +81,7 @@ def bare_generate(
     tok = engine.tokenizer
     started = time.perf_counter()
     prompts = [build_prompt(tok, a, engine.profile.max_prompt_tokens).ids for a in articles]
-    ids, mask = left_pad(prompts, engine._pad_id)
+    ids, mask = left_pad(prompts, engine.decoder.pad_id)
     width = ids.shape[1]
     with torch.inference_mode():
         out = bare.generate(
@@ -141,7 +141,7 @@ def deciles(values: list[float]) -> str:
 def importance_distribution(engine: SummarizeEngine, state: Path, blended: list[float]) -> None:
     """The prior over all corpus articles (cheap) and the blended score of the samples."""
     articles = [Article(text=t) for t in lee_articles(state)]
-    priors = [s.prior for s in engine._scorer.signals(articles)]
+    priors = [s.prior for s in engine.scorer.signals(articles)]
     print(f"\nimportance prior, all {len(priors)} Lee articles (deciles): {deciles(priors)}")
     if len(blended) >= 2:
         print(f"importance (blend), {len(blended)} sample articles: {deciles(blended)}")

@@ -29,7 +29,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from core.article import Article
-from serving.prompt import clean_text, split_sentences
+from serving.output_parser import split_sentences
+from serving.prompt import clean_text
 from serving.verifier import folded_words, repetitions
 
 LEAD_BIAS = 0.02

@@ -1,4 +1,4 @@
-"""The prompt and the output parser: ONE module for inference and training.
+"""The prompt: ONE module for inference and training.
 
 A summary trained under one prompt and served under another is a bug, so both the engine and
 training build their token ids here:
@@ -7,14 +7,16 @@ training build their token ids here:
   token ids, within ``max_prompt_tokens`` *in all* (template, instruction, title, source,
   date and text): the text is kept from its beginning (news puts the essentials first) and
   cut at the token budget.
-- :func:`format_training_example` returns ``(prompt_ids, completion_ids)``: the exact serving
-  prompt, and the completion the parser reads (the summary's tokens followed by the end-of-turn
-  token). Train with the loss on ``completion_ids`` only.
-- :func:`parse_output` turns generated text into a checked summary, repairing what can be
-  repaired (labels, bullets, repeated sentences, a sentence cut by the token limit) and raising
-  :class:`OutputError` otherwise (empty, too short, an echo of the prompt).
+- :func:`completion_ids` is what the model should generate for a summary (its tokens, then
+  end of turn); :func:`serving.training_example.format_training_example` pairs it with the
+  exact serving prompt, for training with the loss on the completion only.
 - :func:`rating_suffix` is the rating instruction appended after the summary; the engine reads
   the model's next-token probabilities over :data:`SCORE_TOKENS` there (never free text).
+- :func:`check_article` is the input gate: text that cannot be summarized (empty, binary, not
+  language) is refused before any tokenizing.
+
+What the model writes back is read by :mod:`serving.output_parser`, whose echo checks are built
+from this module's instructions.
 
 Prompt injection: the article is data. Its title and text are cleaned of chat-control tokens
 (``<|im_start|>``, ``<|im_end|>`` and the tokenizer's other special tokens) and of the
@@ -69,10 +71,8 @@ _HEADER_SENTINEL = "\u0000NEWSDESK_HEADER\u0000"
 # Characters per token never exceed this for real text with this tokenizer family; capping
 # the characters first keeps a 1 MB article from being tokenized in full.
 _MAX_CHARS_PER_TOKEN = 16
-MAX_SENTENCES = 3
-MIN_SUMMARY_WORDS = 3
 
-_CHAT_CONTROL = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", OPEN_FENCE, CLOSE_FENCE)
+CHAT_CONTROL = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", OPEN_FENCE, CLOSE_FENCE)
 
 
 class InputError(ValueError):
@@ -81,10 +81,6 @@ class InputError(ValueError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-class OutputError(ValueError):
-    """Generated text that cannot be repaired into a summary."""
 
 
 # --- input cleaning ------------------------------------------------------------------------
@@ -115,7 +111,7 @@ def _printable_ratio(text: str) -> float:
 def clean_text(text: str, special_tokens: tuple[str, ...] = ()) -> str:
     """Plain, single-spaced text without markup, control characters or chat-control tokens."""
     text = _strip_markup(text)
-    for token in (*_CHAT_CONTROL, *special_tokens):
+    for token in (*CHAT_CONTROL, *special_tokens):
         if token:
             text = text.replace(token, " ")
     text = "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in text)
@@ -243,12 +239,13 @@ class _Template:
         )
         before_header, rest = rendered.split(_HEADER_SENTINEL)
         between, after_text = rest.split(_TEXT_SENTINEL)
-        self.prefix_ids: list[int] = _encode(tokenizer, before_header)
+        self.prefix_ids: list[int] = encode(tokenizer, before_header)
         self.between = between
-        self.suffix_ids: list[int] = _encode(tokenizer, after_text)
+        self.suffix_ids: list[int] = encode(tokenizer, after_text)
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """``text``'s token ids as they stand inside a prompt (no special tokens added)."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -268,6 +265,12 @@ def _template(tokenizer: Any) -> _Template:
     return cached
 
 
+def prefix_ids(tokenizer: Any) -> list[int]:
+    """The token ids every prompt starts with (system message, instruction, opening fence):
+    the engine computes their KV cache once (``Prompt.prefix_len`` of them)."""
+    return _template(tokenizer).prefix_ids
+
+
 def build_prompt(tokenizer: Any, article: Article, max_prompt_tokens: int = 512) -> Prompt:
     """The prompt token ids of ``article`` within ``max_prompt_tokens`` (see module doc).
 
@@ -277,7 +280,7 @@ def build_prompt(tokenizer: Any, article: Article, max_prompt_tokens: int = 512)
     check_article(article)
     special = _special_tokens(tokenizer)
     tpl = _template(tokenizer)
-    header_ids = _encode(tokenizer, _header(article, special) + tpl.between)
+    header_ids = encode(tokenizer, _header(article, special) + tpl.between)
     fixed = len(tpl.prefix_ids) + len(header_ids) + len(tpl.suffix_ids)
     budget = max_prompt_tokens - fixed
     if budget < 16:
@@ -285,7 +288,7 @@ def build_prompt(tokenizer: Any, article: Article, max_prompt_tokens: int = 512)
         header_ids = header_ids[: max(0, len(header_ids) - (16 - budget))]
         budget = 16
     text = clean_text(article.text[: (budget + 1) * _MAX_CHARS_PER_TOKEN * 4], special)
-    text_ids = _encode(tokenizer, text[: (budget + 1) * _MAX_CHARS_PER_TOKEN])
+    text_ids = encode(tokenizer, text[: (budget + 1) * _MAX_CHARS_PER_TOKEN])
     truncated = len(text_ids) > budget or len(text) < len(clean_text(article.text, special))
     text_ids = text_ids[:budget]
     ids = tpl.prefix_ids + header_ids + text_ids + tpl.suffix_ids
@@ -302,25 +305,7 @@ def completion_ids(tokenizer: Any, summary: str) -> list[int]:
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if not isinstance(eos, int) or eos == tokenizer.unk_token_id:
         eos = tokenizer.eos_token_id
-    return [*_encode(tokenizer, " ".join(summary.split())), eos]
-
-
-def format_training_example(
-    tokenizer: Any,
-    article: Article,
-    target_summary: str,
-    max_prompt_tokens: int = 512,
-) -> tuple[list[int], list[int]]:
-    """``(prompt_ids, completion_ids)`` for one training pair.
-
-    ``prompt_ids`` are exactly what the engine feeds the model for ``article``;
-    ``completion_ids`` are ``target_summary``'s tokens followed by the end-of-turn token, i.e.
-    what :func:`parse_output` reads back. The target must itself parse (a bad target would
-    teach the model output that serving rejects): :class:`OutputError` otherwise.
-    """
-    parsed = parse_output(target_summary, article=article)
-    prompt = build_prompt(tokenizer, article, max_prompt_tokens)
-    return prompt.ids, completion_ids(tokenizer, parsed.summary)
+    return [*encode(tokenizer, " ".join(summary.split())), eos]
 
 
 def rating_suffix(tokenizer: Any) -> list[int]:
@@ -329,7 +314,7 @@ def rating_suffix(tokenizer: Any) -> list[int]:
     cached = getattr(tokenizer, "_newsdesk_rating", None)
     if cached is None:
         text = f"\n<|im_start|>user\n{RATING_QUESTION}<|im_end|>\n<|im_start|>assistant\n"
-        cached = _encode(tokenizer, text)
+        cached = encode(tokenizer, text)
         tokenizer._newsdesk_rating = cached
     return cached
 
@@ -338,148 +323,20 @@ def score_token_ids(tokenizer: Any) -> list[int]:
     """One token id per rating 1..9 (each digit is a single token in this tokenizer)."""
     ids = []
     for digit in SCORE_TOKENS:
-        encoded = _encode(tokenizer, digit)
+        encoded = encode(tokenizer, digit)
         if len(encoded) != 1:
             raise ValueError(f"score token {digit!r} is not a single token")
         ids.append(encoded[0])
     return ids
 
 
-# --- parsing -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ParsedOutput:
-    summary: str
-    repairs: tuple[str, ...] = ()
-
-
-_LABEL = re.compile(
-    r"^\s*(?:\*\*)?(?:summary|here(?:'s| is) (?:a |the )?(?:short |brief )?summary"
-    r"(?: of the (?:news )?article)?|tl;?dr|reply with the summary only)(?:\*\*)?\s*[:\-–]\s*",
-    re.IGNORECASE,
-)
-_BULLET = re.compile(r"^\s*(?:[-*•>]|\d+[.)])\s+", re.MULTILINE)
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)]*\s+(?=[\"'“‘(]?[A-Z0-9À-Ý])")
-_WORD = re.compile(r"[\w'’-]+", re.UNICODE)
-
-
-def _words(text: str) -> list[str]:
-    return [w.casefold() for w in _WORD.findall(text)]
-
-
-# A full stop after these is not a sentence's end ("Mr. Smith", "U.S. officials", "J. Smith").
-_ABBREVIATION = re.compile(
-    r"(?:\b(?:Mr|Mrs|Ms|Dr|Prof|Sr|Jr|St|Mt|Gen|Sen|Rep|Gov|Lt|Col|Capt|Sgt|Rev|Hon|No|Nos|"
-    r"Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec|Inc|Corp|Co|Ltd|vs|etc|approx)"
-    r"|\b[A-Z](?:\.[A-Z])*)\.$"
-)
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of plain text: split after . ! ? … before a capital or digit, except after
-    an abbreviation or an initial."""
-    out: list[str] = []
-    for piece in _SENTENCE_END.split(text):
-        piece = piece.strip()
-        if not piece:
-            continue
-        if out and _ABBREVIATION.search(out[-1]):
-            out[-1] = f"{out[-1]} {piece}"
-        else:
-            out.append(piece)
-    return out
-
-
-def _ngrams(words: list[str], n: int = 4) -> set[tuple[str, ...]]:
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-_INSTRUCTION_NGRAMS = set().union(
-    *(_ngrams(_words(t)) for t in (SYSTEM_MESSAGE, INSTRUCTION, CLOSING, RATING_QUESTION))
-)
-
-
-_FENCE = re.compile(r"</?article>", re.IGNORECASE)
-
-
-def _copies_instructions(sentence: str) -> bool:
-    """A sentence with four words in a row from the instructions, or with an article fence
-    (the model paraphrasing "The article is given between <article> and </article>"), is
-    the prompt, not news."""
-    return bool(_FENCE.search(sentence)) or bool(_ngrams(_words(sentence)) & _INSTRUCTION_NGRAMS)
-
-
-def _is_echo(summary: str, article: Article | None) -> str | None:
-    """Why ``summary`` merely repeats the prompt (instructions, fences, header), or None."""
-    folded = " ".join(_words(summary))
-    for fixed in (SYSTEM_MESSAGE, INSTRUCTION, CLOSING, RATING_QUESTION):
-        fixed_words = " ".join(_words(fixed))
-        if folded and (folded in fixed_words or fixed_words[:60] in folded):
-            return "repeats the instructions"
-    # (a sentence with an article fence never gets here: _copies_instructions dropped it)
-    if re.search(r"^\s*(title|source|date)\s*:", summary, re.I | re.M):
-        return "repeats the prompt's article header"
-    if article is not None and article.title:
-        if folded == " ".join(_words(article.title)):
-            return "repeats the title only"
-    return None
-
-
-def parse_output(text: str, article: Article | None = None) -> ParsedOutput:
-    """A checked 1-3 sentence summary from generated text, or :class:`OutputError`.
-
-    Repairs: chat tokens and fences removed, a leading "Summary:" label or bullet dropped,
-    whitespace joined, a sentence repeated verbatim kept once, a sentence that copies four
-    words in a row from the instructions dropped, more than three sentences cut
-    to three, a trailing sentence cut by the token limit dropped (or, when it is the only
-    one, closed with an ellipsis). Fails: no text, fewer than 3 words, or an echo of the
-    prompt.
-    """
-    repairs: list[str] = []
-    raw = text
-    # The fences stay until sentences are judged: a sentence that writes one echoes the
-    # prompt even when its words are paraphrased.
-    for token in _CHAT_CONTROL:
-        if token not in (OPEN_FENCE, CLOSE_FENCE):
-            text = text.replace(token, " ")
-    text = _BULLET.sub("", text)
-    stripped = _LABEL.sub("", text.strip(), count=1)
-    if stripped != text.strip():
-        repairs.append("label")
-    text = " ".join(stripped.split()).strip(" \"'")
-    if not text:
-        raise OutputError("empty output")
-
-    sentences = split_sentences(text)
-    unique: list[str] = []
-    seen: set[str] = set()
-    for sentence in sentences:
-        key = " ".join(_words(sentence))
-        if key and key not in seen:
-            seen.add(key)
-            unique.append(sentence)
-    if len(unique) < len(sentences):
-        repairs.append("repeated sentences")
-    sentences = [x for x in unique if not _copies_instructions(x)]
-    if unique and not sentences:
-        raise OutputError(f"summary repeats the instructions: {text[:80]!r}")
-    if len(sentences) < len(unique):
-        repairs.append("instruction sentence dropped")
-    if sentences and sentences[-1][-1] not in ".!?…\"'”’)":
-        if len(sentences) > 1:
-            sentences = sentences[:-1]
-            repairs.append("cut sentence dropped")
-        else:
-            sentences = [sentences[0].rstrip(",;: -") + "…"]
-            repairs.append("cut sentence closed")
-    if len(sentences) > MAX_SENTENCES:
-        sentences = sentences[:MAX_SENTENCES]
-        repairs.append("more than three sentences")
-    summary = " ".join(sentences)
-    if len(_words(summary)) < MIN_SUMMARY_WORDS:
-        raise OutputError(f"summary too short: {raw.strip()[:80]!r}")
-    echo = _is_echo(summary, article)
-    if echo:
-        raise OutputError(f"summary {echo}: {summary[:80]!r}")
-    return ParsedOutput(summary=summary, repairs=tuple(repairs))
+def echo_start_token_ids(tokenizer: Any) -> list[int]:
+    """First tokens of outputs that echo the prompt's fence or header ("<article>\nTitle:
+    ..."): the engine forbids them as an output's first token, so the model starts a summary
+    instead."""
+    ids: set[int] = set()
+    for text in ("<", "<article>", "Title", "Title:", " Title", "Summary", "Source", "Date"):
+        encoded = encode(tokenizer, text)
+        if encoded:
+            ids.add(encoded[0])
+    return sorted(ids)

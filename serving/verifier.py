@@ -46,7 +46,8 @@ import snowballstemmer
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.article import Article
-from serving.prompt import clean_text, split_sentences
+from serving.output_parser import split_sentences
+from serving.prompt import clean_text
 
 VERIFIER_VERSION = "verify-v1"
 DEFAULT_MIN_SUPPORT = 0.85

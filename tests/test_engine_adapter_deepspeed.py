@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cluster.settings import Settings
-from serving.engine import SummarizeEngine, init_deepspeed
+from serving.engine import SummarizeEngine
+from serving.engine.loading import init_deepspeed
 from serving.profiles import load_profile
 from serving.result import Result
 from tests.engine_articles import GRADED
@@ -35,7 +36,7 @@ def test_set_adapter_swaps_lora_without_reloading_the_base(
     engine: SummarizeEngine, prepared_model_dir: Path, tmp_path: Path
 ) -> None:
     article = [GRADED[2]]
-    base_weight = engine._base.get_input_embeddings().weight
+    base_weight = engine.adapters.base.get_input_embeddings().weight
     before = engine.summarize(article, max_new_tokens=12)[0]
     assert isinstance(before, Result) and before.adapter_id is None
     first = _make_adapter(prepared_model_dir, tmp_path / "first", seed=1)
@@ -52,7 +53,7 @@ def test_set_adapter_swaps_lora_without_reloading_the_base(
     after = engine.summarize(article, max_new_tokens=12)[0]
     # The base stayed loaded (same tensor), the adapters changed the model's outputs, and
     # removing them restored the base model's exact result.
-    assert engine._base.get_input_embeddings().weight is base_weight
+    assert engine.adapters.base.get_input_embeddings().weight is base_weight
     m = [r.importance_parts.model for r in (before, with_first, with_second)]
     assert len(set(m)) == 3, m
     assert with_first.adapter_id != with_second.adapter_id
@@ -75,7 +76,7 @@ def test_cpu_profile_runs_deepspeed_init_inference(engine: SummarizeEngine) -> N
     )
     assert engine.deepspeed_engine is not None
     assert isinstance(engine.deepspeed_engine, deepspeed.InferenceEngine)
-    assert engine._model is engine.deepspeed_engine.module
+    assert engine.decoder.model is engine.deepspeed_engine.module
 
 
 def test_kernel_injection_has_no_cpu_backend(prepared_model_dir: Path) -> None:

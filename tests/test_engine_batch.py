@@ -77,9 +77,12 @@ def test_default_profile_runs_bf16_weights_with_fp32_attention(engine, fp32_engi
     """dtype auto on a CPU with AVX512-BF16/AMX: bf16 matmuls, fp32 KV cache and attention,
     an id that says so; and the summaries stay close to fp32's (README "Engine")."""
     assert engine.profile.dtype == "bfloat16"
-    assert next(engine._model.parameters()).dtype == torch.bfloat16
-    assert engine._model.config._attn_implementation == "newsdesk_cpu"
-    assert engine._prefix is not None and engine._prefix.layers[0][0].dtype == torch.float32
+    assert next(engine.decoder.model.parameters()).dtype == torch.bfloat16
+    assert engine.decoder.model.config._attn_implementation == "newsdesk_cpu"
+    assert (
+        engine.decoder.prefix is not None
+        and engine.decoder.prefix.layers[0][0].dtype == torch.float32
+    )
     assert engine.model_id.endswith("@bfloat16")
     assert "@" not in fp32_engine.model_id
     bf16 = [r.summary for r in engine.summarize(GRADED, max_new_tokens=48)]
@@ -112,7 +115,7 @@ def test_engine_decoding_equals_transformers_generate(fp32_engine, mixed_article
     assert bare.config._attn_implementation == "sdpa"
     tok = engine.tokenizer
     prompts = [build_prompt(tok, a, 512).ids for a in mixed_articles[:4]]
-    ids, mask = left_pad(prompts, engine._pad_id)
+    ids, mask = left_pad(prompts, engine.decoder.pad_id)
     width = ids.shape[1]
     assert mask.sum(-1).tolist() == [len(p) for p in prompts]  # padding on the left only
     assert all(ids[r, width - len(p) :].tolist() == p for r, p in enumerate(prompts))
@@ -120,18 +123,20 @@ def test_engine_decoding_equals_transformers_generate(fp32_engine, mixed_article
         out = bare.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False)
     expected = []
     for row in out[:, width:].tolist():
-        expected.append(row[: row.index(engine._eos_id) + 1] if engine._eos_id in row else row)
+        expected.append(
+            row[: row.index(engine.decoder.eos_id) + 1] if engine.decoder.eos_id in row else row
+        )
     layouts = {
         "batched prefill": {},
-        "shared-prefix cache": {"prefix": engine._prefix},
-        "rows into fixed slots": {"prefix": engine._prefix, "slots": engine._slots},
+        "shared-prefix cache": {"prefix": engine.decoder.prefix},
+        "rows into fixed slots": {"prefix": engine.decoder.prefix, "slots": engine.decoder.slots},
     }
     for name, options in layouts.items():
         decoded = greedy_decode(
-            engine._model,
+            engine.decoder.model,
             prompts,
-            pad_id=engine._pad_id,
-            eos_id=engine._eos_id,
+            pad_id=engine.decoder.pad_id,
+            eos_id=engine.decoder.eos_id,
             max_new_tokens=24,
             **options,
         )
@@ -153,7 +158,9 @@ def test_int8_decode_variant_runs_the_int8_kernel_and_gives_valid_results(
     )
     variant = SummarizeEngine.load(profile, engine_settings)
     assert variant.model_id.endswith("+int8dec")
-    assert sum(isinstance(m, Int8DecodeLinear) for m in variant._model.modules()) == 30 * 7 + 1
+    assert (
+        sum(isinstance(m, Int8DecodeLinear) for m in variant.decoder.model.modules()) == 30 * 7 + 1
+    )
     outcomes = variant.summarize(mixed_articles[:2], max_new_tokens=24)
     assert all(isinstance(r, Result) and r.summary for r in outcomes)
 
@@ -184,8 +191,8 @@ def test_generate_path_gives_the_greedy_loops_tokens_and_ratings(
     parallelism on GPU) runs on CPU too: same tokens and rating as the engine's own loop."""
     engine = fp32_engine
     prompts = [build_prompt(engine.tokenizer, a, 512).ids for a in mixed_articles[:3]]
-    via_generate = engine._decode_with_generate(prompts, 24)
-    via_loop = engine._decode(prompts, 24)
+    via_generate = engine.decoder.decode_with_generate(prompts, 24)
+    via_loop = engine.decoder.decode(prompts, 24)
     assert via_generate.tokens == via_loop.tokens
     assert torch.allclose(via_generate.rating_probs, via_loop.rating_probs, atol=1e-4)
 

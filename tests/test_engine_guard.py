@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from core.article import Article
-from serving.prompt import clean_text, split_sentences
+from serving.output_parser import split_sentences
+from serving.prompt import clean_text
 from serving.result import ArticleError, Result
 from serving.verifier import Evidence, verify
 from train.corpus import headline, lee_articles

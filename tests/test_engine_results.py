@@ -10,6 +10,7 @@ import pytest
 from core.article import Article
 from serving.importance import blend
 from serving.result import ArticleError, Result
+from serving.versions import Versions
 from tests.engine_articles import GRADED, INJECTION
 
 GOOD = Article(
@@ -75,6 +76,22 @@ def test_bad_input_gives_per_article_errors_and_keeps_the_good(engine) -> None:
         assert result.prompt_version == engine.prompt_version
         assert 1 <= len(result.topics) <= 3
         assert result.timings.total_ms >= result.timings.generate_ms > 0
+
+
+def test_engine_owns_its_versions_and_reports_them(engine) -> None:
+    """Every Result carries ``engine.versions`` (derived in one place, serving/engine/
+    identity.py); ``info()`` reports them with the engine's counters."""
+    from serving.engine import Engine
+
+    assert isinstance(engine, Engine)
+    (result,) = engine.summarize([GOOD], max_new_tokens=24)
+    assert Versions.of(result) == engine.versions
+    info = engine.info()
+    assert {k: info[k] for k in ("model_id", "adapter_id", "prompt_version")} == (
+        engine.versions.as_dict()
+    )
+    assert info["max_batch_size"] == engine.max_batch_size
+    assert sum(info["summaries"].values()) >= 1
 
 
 def test_result_importance_is_the_documented_blend(engine) -> None:

@@ -51,7 +51,9 @@ def _imports(path: Path) -> list[tuple[str, int, bool]]:
                 module = f"{base}.{node.module}" if node.module else base
             else:
                 module = node.module or ""
-            names = [module] + [f"{module}.{alias.name}" for alias in node.names]
+            # `from a import b` depends on a.b when b is a module, else on a: the cycle check
+            # resolves each name to the longest module it names
+            names = [f"{module}.{alias.name}" for alias in node.names]
         else:
             continue
         for name in names:

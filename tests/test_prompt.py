@@ -1,4 +1,5 @@
-"""The prompt and parser contract (serving/prompt.py), with the real default tokenizer."""
+"""The prompt and parser contract (serving/prompt.py, serving/output_parser.py), with the real
+default tokenizer."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 from core.article import Article
+from serving import output_parser as parser
 from serving import prompt as P
+from serving.training_example import format_training_example
 
 
 def _article(text: str, title: str = "Storm hits coast") -> Article:
@@ -144,7 +147,7 @@ def test_missing_title_is_marked_untitled(tokenizer) -> None:
     ],
 )
 def test_parse_output_repairs(raw: str, expected: str, repair: str | None) -> None:
-    parsed = P.parse_output(raw)
+    parsed = parser.parse_output(raw)
     assert parsed.summary == expected
     if repair:
         assert repair in parsed.repairs
@@ -168,8 +171,8 @@ def test_parse_output_repairs(raw: str, expected: str, repair: str | None) -> No
     ],
 )
 def test_parse_output_rejects_empty_short_and_echoes(raw: str) -> None:
-    with pytest.raises(P.OutputError):
-        P.parse_output(raw, article=_article("A storm hit the coast on Monday."))
+    with pytest.raises(parser.OutputError):
+        parser.parse_output(raw, article=_article("A storm hit the coast on Monday."))
 
 
 def test_training_example_uses_exactly_the_serving_prompt(tokenizer) -> None:
@@ -180,13 +183,13 @@ def test_training_example_uses_exactly_the_serving_prompt(tokenizer) -> None:
         )
     )
     target = "A storm cut power to 10,000 coastal homes on Monday."
-    prompt_ids, completion = P.format_training_example(tokenizer, article, target, 384)
+    prompt_ids, completion = format_training_example(tokenizer, article, target, 384)
     assert prompt_ids == P.build_prompt(tokenizer, article, 384).ids
     assert completion[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
     decoded = tokenizer.decode(completion, skip_special_tokens=True)
-    assert P.parse_output(decoded, article).summary == target
-    with pytest.raises(P.OutputError):  # a target serving would reject is not trained on
-        P.format_training_example(tokenizer, article, "  ", 384)
+    assert parser.parse_output(decoded, article).summary == target
+    with pytest.raises(parser.OutputError):  # a target serving would reject is not trained on
+        format_training_example(tokenizer, article, "  ", 384)
 
 
 def test_rating_suffix_and_score_tokens(tokenizer) -> None:

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from core.article import Article
 from serving.extractive import extractive_summary
-from serving.prompt import clean_text, split_sentences
+from serving.output_parser import split_sentences
+from serving.prompt import clean_text
 from serving.verifier import Evidence, check, repair, verify
 
 COURT = Article(

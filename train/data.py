@@ -2,8 +2,8 @@
 
 Each pair becomes ``input_ids = prompt_ids + completion_ids`` and ``labels = [-100] * len(prompt)
 + completion_ids``: the loss is on the summary (and its end-of-turn token) only. The prompt comes
-from :func:`serving.prompt.format_training_example`, the same function the engine's prompt is
-built with. Bad lines are skipped and counted, never fatal.
+from :func:`serving.training_example.format_training_example`, built with the same function
+as the engine's prompt. Bad lines are skipped and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import torch
 from pydantic import ValidationError
 
 from core.article import Article
-from serving.prompt import PROMPT_VERSION, InputError, OutputError, format_training_example
+from serving.output_parser import OutputError
+from serving.prompt import PROMPT_VERSION, InputError
+from serving.training_example import format_training_example
 from train.pairs import iter_jsonl
 
 IGNORE_INDEX = -100

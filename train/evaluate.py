@@ -134,7 +134,8 @@ def _side(prefix: str, figures: dict[str, Any]) -> dict[str, Any]:
 
 def lead3(article: Article) -> str:
     """The article's first three sentences: a reference that needs no teacher."""
-    from serving.prompt import clean_text, split_sentences
+    from serving.output_parser import split_sentences
+    from serving.prompt import clean_text
 
     return " ".join(split_sentences(clean_text(article.text))[:3])
 

@@ -11,7 +11,7 @@
   bigger model deployed with the gpu-7b profile teaching the small one).
 
 Every teacher returns a :class:`Label` whose summary already passed
-:func:`serving.prompt.parse_output` (a target the serving parser would reject is useless), or
+:func:`serving.output_parser.parse_output` (a target the serving parser would reject is useless), or
 raises :class:`TeacherError` (``retryable`` for timeouts, 429/5xx and garbage that a second
 sample may fix). Whether the summary is faithful is :mod:`serving.verifier`'s call, made by
 :func:`train.generate_training_data.generate` for every teacher alike; a ``serve`` Result that
@@ -28,15 +28,8 @@ from typing import Any, Protocol
 import httpx
 
 from core.article import Article
-from serving.prompt import (
-    CLOSE_FENCE,
-    OPEN_FENCE,
-    SYSTEM_MESSAGE,
-    OutputError,
-    clean_text,
-    parse_output,
-    split_sentences,
-)
+from serving.output_parser import OutputError, parse_output, split_sentences
+from serving.prompt import CLOSE_FENCE, OPEN_FENCE, SYSTEM_MESSAGE, clean_text
 from serving.verifier import Evidence, check
 
 # v2: the lead is shortened to fewer sentences when the longer one fails the verifier (a
