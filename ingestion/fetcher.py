@@ -9,6 +9,8 @@ One ``Fetcher`` (one pooled ``httpx.AsyncClient``) serves a whole poller. Each f
 - never raises for a feed's fault: every failure is a ``FetchResult`` with an outcome and a
   reason that end up on the feed.
 Concurrency: at most ``fetch_concurrency`` fetches at once, ``fetch_per_host`` per host.
+(Just over 400 lines: one fetch is one state machine, redirect hop by hop with the guard,
+conditional headers and a streamed, capped body, and reads best in one piece.)
 """
 
 from __future__ import annotations

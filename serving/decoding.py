@@ -1,7 +1,9 @@
 """Batched greedy decoding for the engine: one prefill, a token loop, one rating pass.
 
 Why not ``model.generate``: the engine needs three things generate does not give together,
-and they are where the CPU time goes (measured, README "Engine"):
+and they are where the CPU time goes (measured, docs/engine.md). (Over 400 lines: the
+batch-invariance argument below spans prefill, the decode loop and the rating pass, and is
+kept beside the code it constrains.)
 
 - the KV cache of the prompt prefix every article shares (system message + instruction) is
   computed once per engine and copied into each batch, so prefill runs only on the rest;

@@ -16,6 +16,8 @@ raises :class:`TeacherError` (``retryable`` for timeouts, 429/5xx and garbage th
 sample may fix). Whether the summary is faithful is :mod:`serving.verifier`'s call, made by
 :func:`train.generate_training_data.generate` for every teacher alike; a ``serve`` Result that
 is the engine's extractive fallback is marked ``extractive_fallback`` (not a model's summary).
+(Over 400 lines: the teachers side by side, each small, behind the one Label contract; the
+self-verified teacher's choice rule sits with them.)
 """
 
 from __future__ import annotations
