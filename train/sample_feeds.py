@@ -72,6 +72,9 @@ async def ingest_files(settings: TrainSettings, paths: list[Path]) -> dict[str, 
     pool = await db.create_pool(settings)
     try:
         for path in paths:
+            # Straight to the store, not ingestion.subscriptions.subscribe: these are our own
+            # file:// feeds written just above, taken whatever NEWSDESK_ALLOW_FILE_URLS says
+            # (the URL guard is for feeds users add).
             await store.add_feed(pool, path.resolve().as_uri(), title=None)
             await store.make_due(pool, path.resolve().as_uri())
         summary = await poll_once(pool, settings)
