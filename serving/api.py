@@ -32,7 +32,7 @@ from serving.http.middleware import (
     RequestMetricsMiddleware,
     RequestStats,
 )
-from serving.http.routes import ApiRoute, ApiRoutes
+from serving.http.routes import ApiRoute, RouteContext, api_routes
 from serving.openapi import openapi_spec
 
 TITLE = "Newsdesk"
@@ -42,9 +42,9 @@ DESCRIPTION = "News articles in, faithful short summaries with an importance rat
 
 def build_api(backend: ApiBackend, config: ApiConfig) -> Starlette:
     """The Starlette app of the API over ``backend``."""
-    routes = ApiRoutes(backend, config, RequestStats())
-    table = routes.table()
-    routes.openapi = openapi_spec(
+    ctx = RouteContext(backend, config, RequestStats())
+    table = api_routes(ctx)
+    ctx.openapi = openapi_spec(
         [r.doc for r in table if r.documented],
         title=TITLE,
         version=VERSION,
@@ -66,7 +66,7 @@ def build_api(backend: ApiBackend, config: ApiConfig) -> Starlette:
         routes=starlette_routes,
         middleware=[
             Middleware(RequestIdMiddleware, behind_serve_proxy=config.behind_serve_proxy),
-            Middleware(RequestMetricsMiddleware, stats=routes.request_stats, routes=names),
+            Middleware(RequestMetricsMiddleware, stats=ctx.request_stats, routes=names),
             Middleware(InternalErrorMiddleware, routes=names),
         ],
         exception_handlers=dict(EXCEPTION_HANDLERS),

@@ -15,6 +15,8 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import asyncpg
+
 from core.article import Article
 from serving.api import build_api
 from serving.cache import SummaryCache
@@ -123,6 +125,9 @@ class LocalBackend:
         if self.lookup.store is None:
             raise RuntimeError("LocalBackend runs without a store")
         return self.lookup.store
+
+    async def database(self) -> asyncpg.Pool:
+        return self._store().pool
 
     async def list_articles(self, query: ArticleQuery) -> list[StoredArticle]:
         return await self._store().list_articles(query)

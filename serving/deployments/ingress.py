@@ -81,6 +81,9 @@ class ServeBackend:
         self._near.put(article, outcome)
         return outcome, source
 
+    async def database(self) -> asyncpg.Pool:
+        return (await self._require_store()).pool
+
     async def list_articles(self, query: ArticleQuery) -> list[StoredArticle]:
         store = await self._require_store()
         try:

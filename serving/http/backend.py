@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import asyncpg
+
 from core.article import Article
 from serving.result import Outcome
 from serving.schemas import Check
@@ -26,6 +28,13 @@ class ApiBackend(Protocol):
 
         Raises :class:`serving.result.SummarizerUnavailable` when the Summarizer cannot answer.
         """
+        ...
+
+    async def database(self) -> asyncpg.Pool:
+        """The PostgreSQL pool, for route groups that only read and write the database (the
+        digest feeds, search, webhooks, feed administration): their SQL lives in their own
+        storage modules. Raises :class:`serving.http.errors.BackendUnavailable` without one;
+        a connection lost mid-query becomes a 503 in :mod:`serving.http.errors`."""
         ...
 
     async def list_articles(self, query: ArticleQuery) -> list[StoredArticle]:

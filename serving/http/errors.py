@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, TypeVar
 
+import asyncpg
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -106,6 +107,15 @@ async def on_backend_unavailable(request: Request, exc: Exception) -> Response:
     return error_response(error, request_id_of(request))
 
 
+async def on_database_error(request: Request, exc: Exception) -> Response:
+    """The database went away mid-query (a route that holds the pool): 503, retry later."""
+    log.warning("database error on %s: %s", request.url.path, exc)
+    error = ApiError(
+        503, "unavailable", f"database error: {type(exc).__name__}", headers={"Retry-After": "10"}
+    )
+    return error_response(error, request_id_of(request))
+
+
 async def on_summarizer_unavailable(request: Request, exc: Exception) -> Response:
     """503 (504 when it timed out): the client may retry; the article was not judged."""
     assert isinstance(exc, SummarizerUnavailable)
@@ -134,6 +144,8 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS = {
     ApiError: on_api_error,
     BackendUnavailable: on_backend_unavailable,
+    asyncpg.PostgresConnectionError: on_database_error,
+    asyncpg.InterfaceError: on_database_error,
     SummarizerUnavailable: on_summarizer_unavailable,
     HTTPException: on_http_exception,
 }
