@@ -4,6 +4,7 @@
 - :mod:`serving.http.config`: the API's limits and key (ApiConfig, from Settings);
 - :mod:`serving.http.errors`: the error model (ApiError, the JSON error body, the handlers);
 - :mod:`serving.http.middleware`: request ids, request metrics, API key, body-size limit;
-- :mod:`serving.http.routes`: the routes, one module per group, listed once (Starlette routes and OpenAPI from it);
+- :mod:`serving.http.routes`: the routes, one module per group, listed once (Starlette routes
+  and OpenAPI from it);
 - :mod:`serving.api`: the assembly, :func:`serving.api.build_api`.
 """
