@@ -1,7 +1,7 @@
 """Fetch a feed's bytes: the network half of ingestion (feedparser has no timeout).
 
 One ``Fetcher`` (one pooled ``httpx.AsyncClient``) serves a whole poller. Each fetch:
-- refuses URLs the guard does not allow (``ingestion.urlguard``), on every redirect hop;
+- refuses URLs the guard does not allow (``core.urlguard``), on every redirect hop;
 - sends a real User-Agent and the stored ETag / Last-Modified exactly as received;
 - follows at most ``fetch_max_redirects`` redirects itself, so a loop gets a clear reason;
 - streams the body and aborts past ``fetch_max_bytes`` (counted after decompression);
@@ -9,8 +9,6 @@ One ``Fetcher`` (one pooled ``httpx.AsyncClient``) serves a whole poller. Each f
 - never raises for a feed's fault: every failure is a ``FetchResult`` with an outcome and a
   reason that end up on the feed.
 Concurrency: at most ``fetch_concurrency`` fetches at once, ``fetch_per_host`` per host.
-(Just over 400 lines: one fetch is one state machine, redirect hop by hop with the guard,
-conditional headers and a streamed, capped body, and reads best in one piece.)
 """
 
 from __future__ import annotations
@@ -28,11 +26,10 @@ from pathlib import Path
 from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 from urllib.request import url2pathname
 
-import httpcore
 import httpx
 
+from core.urlguard import BlockedAddressError, GuardedTransport, check_url
 from ingestion.settings import IngestionSettings
-from ingestion.urlguard import BlockedAddressError, GuardedBackend, check_url
 
 ACCEPT = (
     "application/rss+xml, application/atom+xml, application/rdf+xml, "
@@ -127,27 +124,6 @@ class _HostSlots:
                 self._slots.pop(host, None)
 
 
-class _GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport, connecting through ``GuardedBackend``.
-
-    httpx does not expose httpcore's ``network_backend``; the pool it builds is replaced by
-    an identical one that connects through the guard.
-    """
-
-    def __init__(self, settings: IngestionSettings, ssl_context: ssl.SSLContext) -> None:
-        super().__init__(trust_env=False)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=max(settings.fetch_concurrency, 10),
-            max_keepalive_connections=max(settings.fetch_concurrency, 10),
-            keepalive_expiry=30.0,
-            network_backend=GuardedBackend(
-                allow_private=settings.allow_private_addresses,
-                allow_loopback=settings.allow_loopback,
-            ),
-        )
-
-
 class _Abort(Exception):
     """Internal: stop the fetch with this result."""
 
@@ -161,7 +137,11 @@ class Fetcher:
         self._global = asyncio.Semaphore(settings.fetch_concurrency)
         self._hosts = _HostSlots(settings.fetch_per_host)
         self._client = httpx.AsyncClient(
-            transport=_GuardedTransport(settings, httpx.create_ssl_context(trust_env=False)),
+            transport=GuardedTransport(
+                allow_private=settings.allow_private_addresses,
+                allow_loopback=settings.allow_loopback,
+                max_connections=max(settings.fetch_concurrency, 10),
+            ),
             timeout=httpx.Timeout(settings.fetch_timeout_s),
             follow_redirects=False,
             trust_env=False,

@@ -5,9 +5,9 @@ and the poller (``FeedPoller.add_feed``) all subscribe through ``subscribe``.
 
 from __future__ import annotations
 
+from core.urlguard import check_url
 from ingestion import store
 from ingestion.settings import IngestionSettings
-from ingestion.urlguard import check_url
 
 
 class InvalidFeedURL(ValueError):

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from cluster.settings import Settings
+from core.urlguard import check_url
 from ingestion import store
 from ingestion.feedlist import FeedListError, FeedSpec, add_feeds, load_feeds_yaml
 from ingestion.opml import parse_opml
-from ingestion.urlguard import check_url
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from cluster.settings import Settings
+from core.urlguard import BlockedAddressError, GuardedBackend, check_url
 from ingestion.fetcher import Fetcher, FetchOutcome, parse_retry_after
-from ingestion.urlguard import BlockedAddressError, GuardedBackend, check_url
 from tests.feedserver import FeedServer, items, rss_document
 
 FEED = rss_document(items(3))
