@@ -6,6 +6,7 @@
                │            ▲
                │            └── SummarizationLoop (stored articles without a summary)
                │                  └╌╌ StoryAssigner (stories; the loop reports its status)
+               │                        └╌╌ WebhookDispatcher (alerts from the outbox)
                └── PostgreSQL (article reads), /readyz, /v1/stats
 
 ``serve deploy serve_config.yaml`` (or ``serve run``) calls :func:`build_app` with the
@@ -31,6 +32,7 @@ from serving.deployments.ingress import IngressDeployment
 from serving.deployments.loop import SummarizationLoopDeployment
 from serving.deployments.stories import StoryAssignerDeployment
 from serving.deployments.summarizer import SummarizerConfig, SummarizerDeployment
+from serving.deployments.webhooks import WebhookDispatcherDeployment
 from serving.profiles import ModelProfile, load_profile
 from serving.settings import ServingSettings
 
@@ -255,11 +257,16 @@ def compose(args: AppArgs, settings: ServingSettings | None = None) -> Applicati
     if settings.summarize_loop_enabled:
         stories = None
         if settings.stories_enabled:  # stories are grouped beside the loop, as it runs
+            webhooks = None
+            if settings.webhooks_enabled:  # webhook events come from stories
+                webhooks = WebhookDispatcherDeployment.options(
+                    max_ongoing_requests=LIGHT_MAX_ONGOING, ray_actor_options=LIGHT_ACTOR_OPTIONS
+                ).bind(settings)
             stories = StoryAssignerDeployment.options(
                 num_replicas=1,
                 max_ongoing_requests=LIGHT_MAX_ONGOING,
                 ray_actor_options=LIGHT_ACTOR_OPTIONS,
-            ).bind(settings)
+            ).bind(settings, webhooks)
         loop = SummarizationLoopDeployment.options(
             num_replicas=1,
             max_ongoing_requests=LIGHT_MAX_ONGOING,

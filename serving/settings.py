@@ -137,3 +137,53 @@ class ServingSettings(CoreSettings):
         gt=0,
         description="Sleep of the story assigner when nothing is pending.",
     )
+
+    # --- webhook alerts (serving/webhooks) -----------------------------------------------
+    webhooks_enabled: bool = Field(
+        default=True,
+        description="Run the webhook dispatcher (events are enqueued whenever webhooks exist).",
+    )
+    webhook_allow_private_addresses: bool = Field(
+        default=False,
+        description=(
+            "Webhook URLs may name or resolve to private/link-local addresses (separate from "
+            "the feeds' setting: any API key holder can subscribe a webhook)."
+        ),
+    )
+    webhook_allow_loopback: bool = Field(
+        default=False, description="Webhook URLs may name or resolve to loopback addresses."
+    )
+    webhook_growth_step: int = Field(
+        default=3,
+        ge=1,
+        description="Default growth threshold: story.grew once a story has this many more "
+        "articles (or sources) than at the webhook's last event.",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="Time limit of one delivery POST."
+    )
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, description="Delivery attempts before an event is given up."
+    )
+    webhook_retry_base_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Backoff before the 2nd attempt; doubles each attempt (with jitter).",
+    )
+    webhook_retry_max_s: float = Field(
+        default=3600.0, gt=0, description="Longest backoff between two attempts."
+    )
+    webhook_lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A claimed event is due again after this long if its dispatcher died "
+        "(keep it above webhook_timeout_s).",
+    )
+    webhook_batch: int = Field(
+        default=32, ge=1, description="Events a dispatcher claims and sends at once."
+    )
+    webhook_poll_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Dispatcher sleep when nothing is due (a new event wakes it at once).",
+    )

@@ -5,7 +5,8 @@ version, holding either the Result (``status='ok'``) or the last per-article err
 number of attempts. A Result for posted text that matches no stored article (same id *and*
 same content hash) is kept under its content hash, ``article_id`` NULL. A stored Result is
 never overwritten by an error, and the first Result under a set of versions stays (greedy
-decoding makes a second one identical).
+decoding makes a second one identical). A stored article's Result is committed together with
+the webhook events it fires (:mod:`serving.webhooks.matcher`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from core.articles import ARTICLE_COLUMNS, article_from_row
 from serving.result import ArticleError, Result
 from serving.settings import ServingSettings
 from serving.versions import Versions
+from serving.webhooks.matcher import enqueue_for_article
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +144,15 @@ class ResultStore:
                     outcome.model_dump_json(),
                 )
                 if matches:
-                    status = await conn.execute(
-                        _SAVE_OK_ARTICLE, article.id, article.content_hash, *key, *values
-                    )
-                    return "article" if status.endswith(" 1") else "kept"
+                    async with conn.transaction():
+                        status = await conn.execute(
+                            _SAVE_OK_ARTICLE, article.id, article.content_hash, *key, *values
+                        )
+                        if not status.endswith(" 1"):
+                            return "kept"
+                        # webhook events of its story, committed with the Result
+                        await enqueue_for_article(conn, article.id)
+                    return "article"
                 await conn.execute(_SAVE_OK_CONTENT, article.content_hash, *key, *values)
                 return "content"
             if not matches:

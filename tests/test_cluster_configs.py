@@ -156,9 +156,16 @@ def test_embedded_serve_config_builds_and_fits_both_clusters(rayservice: dict[st
         "Summarizer",
         "SummarizationLoop",
         "StoryAssigner",
+        "WebhookDispatcher",
     }
     assert demands["Summarizer"]["GPU"] == 1  # one H100 per model replica
-    for light in ("Ingress", "CacheLookup", "SummarizationLoop", "StoryAssigner"):
+    for light in (
+        "Ingress",
+        "CacheLookup",
+        "SummarizationLoop",
+        "StoryAssigner",
+        "WebhookDispatcher",
+    ):
         assert demands[light]["GPU"] == 0 and demands[light].get("newsdesk_cpu", 0) > 0
     for cluster_name, nodes in (
         ("kuberay", _kuberay_nodes(rayservice)),

@@ -19,7 +19,8 @@ from serving.deployments.summarizer import SummarizerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"local": ROOT / "serve_config.yaml", "gpu": ROOT / "cluster" / "serve_config.gpu.yaml"}
-EXPECTED = {"Ingress", "CacheLookup", "Summarizer", "SummarizationLoop", "StoryAssigner"}
+LIGHT = ("Ingress", "CacheLookup", "SummarizationLoop", "StoryAssigner", "WebhookDispatcher")
+EXPECTED = {"Summarizer", *LIGHT}
 
 
 def _built(config_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -61,7 +62,7 @@ def test_config_builds_the_whole_application(which: str) -> None:
     user_config = SummarizerConfig.model_validate(summarizer["user_config"])
     # @serve.batch batches are capped by max_ongoing_requests
     assert summarizer["max_ongoing_requests"] >= user_config.max_batch_size
-    for light in ("Ingress", "CacheLookup", "SummarizationLoop", "StoryAssigner"):
+    for light in LIGHT:
         assert deployments[light]["ray_actor_options"]["num_cpus"] == 0
         assert deployments[light]["max_ongoing_requests"] >= 100
 
@@ -86,7 +87,7 @@ def test_gpu_config_asks_for_gpus_autoscaling_and_redis() -> None:
     assert summarizer["ray_actor_options"]["num_gpus"] == 1
     scaling = summarizer["autoscaling_config"]
     assert scaling is not None and scaling.min_replicas >= 2 and scaling.max_replicas >= 4
-    for light in ("Ingress", "CacheLookup", "SummarizationLoop", "StoryAssigner"):
+    for light in LIGHT:
         assert "newsdesk_cpu" in deployments[light]["ray_actor_options"]["resources"]
 
 
@@ -115,8 +116,11 @@ def test_story_assigner_runs_beside_the_loop_when_stories_are_enabled() -> None:
         return {d.name for d in serve_build_app(compose(args), name="t").deployments}
 
     both = names(AppArgs(summarize_loop=True, settings={"stories_enabled": True}))
-    assert {"SummarizationLoop", "StoryAssigner"} <= both
+    assert {"SummarizationLoop", "StoryAssigner", "WebhookDispatcher"} <= both
     no_stories = names(AppArgs(summarize_loop=True, settings={"stories_enabled": False}))
     assert "SummarizationLoop" in no_stories and "StoryAssigner" not in no_stories
+    assert "WebhookDispatcher" not in no_stories  # webhook events come from stories
+    no_hooks = names(AppArgs(summarize_loop=True, settings={"webhooks_enabled": False}))
+    assert "StoryAssigner" in no_hooks and "WebhookDispatcher" not in no_hooks
     no_loop = names(AppArgs(summarize_loop=False, settings={"stories_enabled": True}))
-    assert not {"SummarizationLoop", "StoryAssigner"} & no_loop
+    assert not {"SummarizationLoop", "StoryAssigner", "WebhookDispatcher"} & no_loop

@@ -10,6 +10,7 @@ from cluster.cli import model as model_cmd
 from cluster.cli import models as models_cmd
 from cluster.cli import stack as stack_cmd
 from cluster.cli import status as status_cmd
+from cluster.cli import webhooks as webhooks_cmd
 
 app = typer.Typer(
     name="newsdesk",
@@ -23,6 +24,7 @@ stack_cmd.register(app)
 models_cmd.register(app)
 model_cmd.register(app)
 status_cmd.register(app)
+webhooks_cmd.register(app)
 
 
 def main() -> None:

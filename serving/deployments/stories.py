@@ -2,7 +2,8 @@
 background of one replica (one is enough: assignment is serialised per database by an advisory
 lock anyway). It waits for the database through a StoreHandle, as the loop does;
 ``check_health`` fails if the assigner task ever ends, so Serve restarts the replica instead of
-leaving a dead assigner behind."""
+leaving a dead assigner behind. With webhooks enabled it holds the WebhookDispatcher
+deployment (:mod:`serving.deployments.webhooks`) and reports its status."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import logging
 from typing import Any
 
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from serving.settings import ServingSettings
 from serving.store_handle import StoreHandle
@@ -18,10 +20,15 @@ from serving.stories.worker import StoryAssigner
 
 log = logging.getLogger(__name__)
 
+WEBHOOKS_STATUS_TIMEOUT_S = 2.0  # under the loop's wait for this status
+
 
 class StoryAssignerRunner:
-    async def __init__(self, settings: ServingSettings) -> None:
+    async def __init__(
+        self, settings: ServingSettings, webhooks: DeploymentHandle | None = None
+    ) -> None:
         self._settings = settings
+        self._webhooks = webhooks  # the WebhookDispatcher deployment, when webhooks are enabled
         self._assigner: StoryAssigner | None = None
         self._store = StoreHandle(settings)
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -38,7 +45,15 @@ class StoryAssignerRunner:
         """The assigner's counters; before the database is reachable, why it waits."""
         if self._assigner is None:
             return {"running": False, "waiting_for_database": self._store.error}
-        return self._assigner.status()
+        status = self._assigner.status()
+        if self._webhooks is not None:
+            try:
+                status["webhooks"] = await asyncio.wait_for(
+                    self._webhooks.status.remote(), WEBHOOKS_STATUS_TIMEOUT_S
+                )
+            except Exception as exc:  # a restarting dispatcher must not hide the assigner's
+                status["webhooks"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return status
 
     async def check_health(self) -> None:
         if self._task.done():

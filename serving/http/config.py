@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydantic import SecretStr
 
 from serving.settings import ServingSettings
+from serving.webhooks.subscriptions import SubscribePolicy
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class ApiConfig:
     # Behind Serve's HTTP proxy: it gives each request an X-Request-ID (or passes the client's
     # on) and echoes it in the response itself; the app uses that id and adds no header.
     behind_serve_proxy: bool = False
+    webhooks: SubscribePolicy = field(default_factory=SubscribePolicy)
 
     @classmethod
     def from_settings(
@@ -34,4 +36,5 @@ class ApiConfig:
             rank_half_life_h=settings.api_rank_half_life_h,
             summarizer_timeout_s=settings.summarizer_timeout_s,
             behind_serve_proxy=behind_serve_proxy,
+            webhooks=SubscribePolicy.from_settings(settings),
         )

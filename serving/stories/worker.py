@@ -1,5 +1,6 @@
 """The background story assigner: rounds of (unassigned articles -> embeddings -> one
-assignment transaction) until stopped. The :mod:`serving.deployments.stories` deployment runs
+assignment transaction, which also enqueues the webhook events of the stories it changed)
+until stopped. The :mod:`serving.deployments.stories` deployment runs
 one per application."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from serving.settings import ServingSettings
 from serving.stories.clustering import AssignReport
 from serving.stories.embedder import StoryEmbedder
 from serving.stories.store import assign_articles, pending_articles
+from serving.webhooks.matcher import enqueue_for_stories
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class StoryAssigner:
         self.rounds = 0
         self.last_error: str | None = None
         self.embed_s = 0.0
+        self.events = 0
         self._stop = asyncio.Event()
 
     async def assign_pending(self) -> AssignReport:
@@ -50,14 +53,16 @@ class StoryAssigner:
         started = time.perf_counter()
         vectors = await asyncio.to_thread(self.embedder.embed, articles)
         self.embed_s += time.perf_counter() - started
-        async with self.pool.acquire() as conn:
-            report = await assign_articles(
+        async with self.pool.acquire() as conn, conn.transaction():
+            report = await assign_articles(  # its own transaction nests: a savepoint
                 conn,
                 articles,
                 vectors,
                 threshold=s.story_similarity_threshold,
                 window_h=s.story_window_h,
             )
+            # webhook events of the stories that grew, committed with the assignment
+            self.events += await enqueue_for_stories(conn, report.stories)
         self.rounds += 1
         self.assigned.update(report.by)
         return report
@@ -87,5 +92,6 @@ class StoryAssigner:
             "rounds": self.rounds,
             "assigned": dict(self.assigned),
             "embed_s": round(self.embed_s, 2),
+            "webhook_events": self.events,
             "last_error": self.last_error,
         }

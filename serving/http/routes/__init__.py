@@ -14,8 +14,9 @@ from serving.http.routes.admin import AdminRoutes
 from serving.http.routes.articles import ArticleRoutes
 from serving.http.routes.route import ApiRoute, RouteContext
 from serving.http.routes.summarize import SummarizeRoutes
+from serving.http.routes.webhooks import WebhookRoutes
 
-GROUPS = (SummarizeRoutes, ArticleRoutes, AdminRoutes)
+GROUPS = (SummarizeRoutes, ArticleRoutes, AdminRoutes, WebhookRoutes)
 
 __all__ = ["GROUPS", "ApiRoute", "RouteContext", "api_routes"]
 
