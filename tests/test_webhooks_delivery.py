@@ -193,6 +193,42 @@ async def test_two_dispatchers_share_the_outbox_without_sending_twice(
     assert a.outcomes["delivered"] > 0 and b.outcomes["delivered"] > 0
 
 
+async def test_a_slow_receiver_does_not_hold_up_the_others(
+    pool: asyncpg.Pool, hook_settings: Settings, receiver: Receiver
+) -> None:
+    slow = Receiver(hold_first=True)
+    try:
+        await _subscribe(pool, slow.url())
+        fast = await _subscribe(pool, receiver.url())
+        async with _running(WebhookDispatcher(pool, hook_settings)):
+            await _one_event(pool, hook_settings)
+            assert await asyncio.to_thread(slow.first_arrived.wait, 10)
+            await _until(lambda: _webhook_delivered(pool, fast))  # while the slow one hangs
+            slow.release()
+            await _until(_all_delivered(pool))
+    finally:
+        slow.stop()
+    assert len(receiver.received) == len(slow.received) == 1
+
+
+async def _webhook_delivered(pool: asyncpg.Pool, hook: int) -> bool:
+    return bool(
+        await pool.fetchval(
+            "SELECT count(*) FROM webhook_events WHERE webhook_id = $1 AND state = 'delivered'",
+            hook,
+        )
+    )
+
+
+def _all_delivered(pool: asyncpg.Pool):  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        return not await pool.fetchval(
+            "SELECT count(*) FROM webhook_events WHERE state <> 'delivered'"
+        )
+
+    return check
+
+
 async def test_gives_up_after_the_last_attempt(
     pool: asyncpg.Pool, hook_settings: Settings, receiver: Receiver
 ) -> None:

@@ -31,6 +31,11 @@ class Received:
     status: int
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that hung up (a dispatcher killed mid-request): expected here
+
+
 @dataclass
 class Receiver:
     statuses: list[int] = field(default_factory=lambda: [200])
@@ -66,7 +71,7 @@ class Receiver:
                 self.end_headers()
                 self.wfile.write(answer)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -1,11 +1,12 @@
 """The webhook dispatcher: claims due events from the outbox and POSTs them, at least once.
 
-A round claims up to ``webhook_batch`` due events (``FOR UPDATE SKIP LOCKED``: any number of
-dispatchers, in any number of replicas, share the outbox without sending a row twice at once),
-sends them concurrently and settles each attempt with its log row. A claim moves the event
-``webhook_lease_s`` ahead: a dispatcher that dies mid-delivery leaves the event due again once
-the lease has passed, and a new one sends it (the receiver may then see it twice: it dedups on
-``X-Newsdesk-Event-Id``).
+It keeps up to ``webhook_batch`` deliveries in flight, claiming due events as slots free up
+(``FOR UPDATE SKIP LOCKED``: any number of dispatchers, in any number of replicas, share the
+outbox without sending a row twice at once), and settles each attempt with its log row. A
+claim moves the event ``webhook_lease_s`` ahead: a dispatcher that dies mid-delivery leaves
+the event due again once the lease has passed, and a new one sends it (the receiver may then
+see it twice: it dedups on ``X-Newsdesk-Event-Id``). A stopped dispatcher lets the deliveries
+under way finish first.
 
 An attempt succeeds on any 2xx answer (redirects are not followed). Anything else (another
 status, a timeout, a refused connection) is retried after ``webhook_retry_base_s * 2 ** (n -
@@ -13,7 +14,7 @@ status, a timeout, a refused connection) is retried after ``webhook_retry_base_s
 ``webhook_max_attempts``; then the event is given up. An address the guard refuses at connect
 time (a host that resolves to a private address: DNS rebinding) is given up at once.
 
-Between rounds it sleeps ``webhook_poll_interval_s``, or less: a committed event wakes it
+When nothing is due it sleeps ``webhook_poll_interval_s``, or less: a committed event wakes it
 through PostgreSQL ``LISTEN``. :meth:`WebhookDispatcher.run_forever` runs until
 :meth:`~WebhookDispatcher.stop` (the :mod:`serving.deployments.webhooks` deployment, a test).
 """
@@ -161,24 +162,51 @@ class WebhookDispatcher:
     # --- the loop ---------------------------------------------------------------------------
 
     async def run_forever(self) -> None:
+        """Keep up to ``webhook_batch`` deliveries in flight, claiming more as each ends, so
+        one slow receiver holds one slot, not a whole round."""
         listener = await self._listen()
+        in_flight: set[asyncio.Task[store.Attempt]] = set()
         try:
             while not self._stop.is_set():
                 self._wake.clear()
-                try:
-                    claimed = await self.run_once()
-                    self.last_error = None
-                except Exception as exc:  # database down, a bad row...: log, wait, retry
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    log.warning("webhook dispatch failed: %s", self.last_error)
-                    claimed = 0
-                if claimed < self.settings.webhook_batch:
-                    await self._sleep(self.settings.webhook_poll_interval_s)
+                free = self.settings.webhook_batch - len(in_flight)
+                claimed: list[store.Claimed] = []
+                if free > 0:
+                    try:
+                        claimed = await store.claim_due(
+                            self.pool, limit=free, lease_s=self.settings.webhook_lease_s
+                        )
+                        self.rounds += 1
+                        self.last_error = None
+                    except Exception as exc:  # database down...: log, wait, retry
+                        self.last_error = f"{type(exc).__name__}: {exc}"
+                        log.warning("webhook claim failed: %s", self.last_error)
+                for event in claimed:
+                    task = asyncio.create_task(self._deliver_logged(event))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                if claimed and len(claimed) == free:
+                    # full: go on as soon as one slot frees up
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                elif not claimed:
+                    await self._sleep(self.settings.webhook_poll_interval_s, in_flight)
+            if in_flight:  # stopped: let the deliveries under way finish and settle
+                await asyncio.wait(in_flight, timeout=self.settings.webhook_timeout_s + 5)
         finally:
+            for task in in_flight:  # stopped or cancelled: unsettled events come back
+                task.cancel()  # due once their lease passes
             if listener is not None:
                 with contextlib.suppress(Exception):
                     await listener.remove_listener(store.NOTIFY_CHANNEL, self._notified)
                     await self.pool.release(listener)
+
+    async def _deliver_logged(self, event: store.Claimed) -> store.Attempt | None:
+        try:
+            return await self.deliver(event)
+        except Exception as exc:  # settling failed (database away): the lease brings it back
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("webhook delivery of %s not settled: %s", event.event_id, exc)
+            return None
 
     async def _listen(self) -> asyncpg.Connection | None:
         """A connection that wakes the loop on each committed event; None: poll only."""
@@ -198,11 +226,14 @@ class WebhookDispatcher:
     def _notified(self, *_: Any) -> None:
         self._wake.set()
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float, in_flight: set[asyncio.Task[Any]]) -> None:
+        """Until stopped, woken by a new event, a delivery ends, or ``seconds`` pass."""
         stop = asyncio.ensure_future(self._stop.wait())
         wake = asyncio.ensure_future(self._wake.wait())
         try:
-            await asyncio.wait({stop, wake}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {stop, wake, *in_flight}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             stop.cancel()
             wake.cancel()

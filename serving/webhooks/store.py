@@ -1,8 +1,8 @@
 """All SQL of webhooks (migration 006): subscriptions, the outbox ``webhook_events`` and the
 delivery log ``webhook_deliveries``. The matcher writes events on the connection of the
 transaction that changed the story; the dispatcher claims due events with ``FOR UPDATE SKIP
-LOCKED`` (so several dispatchers never send the same row at once) and settles each attempt in
-one transaction with its log row."""
+LOCKED`` (so several dispatchers never send the same row at once) and settles each attempt
+together with its log row (one statement)."""
 
 from __future__ import annotations
 
@@ -289,42 +289,41 @@ class Attempt:
     retry_in_s: float = 0.0
 
 
-async def settle(pool: asyncpg.Pool, event: Claimed, attempt: Attempt) -> bool:
-    """Record ``attempt`` on the event and in the log, in one transaction; False (nothing
-    written) when the claim was lost: its lease passed and another dispatcher claimed it."""
+_SETTLE = """
+WITH settled AS (
+    UPDATE webhook_events
+    SET attempts = attempts + 1, state = $3, last_status_code = $4, last_error = $5,
+        next_attempt_at = now() + make_interval(secs => $6), claim = NULL,
+        delivered_at = CASE WHEN $3 = 'delivered' THEN now() END,
+        given_up_at = CASE WHEN $3 = 'given_up' THEN now() END
+    WHERE id = $1 AND claim = $2 AND state = 'pending'
+    RETURNING id, attempts
+)
+INSERT INTO webhook_deliveries (event_row, attempt, status_code, error, outcome, started_at,
+                                duration_ms)
+SELECT id, attempts, $4, $5, $7, $8, $9 FROM settled
+RETURNING attempt
+"""
+
+
+async def settle(pool: Db, event: Claimed, attempt: Attempt) -> bool:
+    """Record ``attempt`` on the event and in the log (one statement, so both or neither);
+    False (nothing written) when the claim was lost: its lease passed and another dispatcher
+    claimed it."""
     state = {"delivered": "delivered", "retry": "pending", "given_up": "given_up"}[attempt.outcome]
-    async with pool.acquire() as conn, conn.transaction():
-        number = await conn.fetchval(
-            """
-            UPDATE webhook_events
-            SET attempts = attempts + 1, state = $3, last_status_code = $4, last_error = $5,
-                next_attempt_at = now() + make_interval(secs => $6), claim = NULL,
-                delivered_at = CASE WHEN $3 = 'delivered' THEN now() END,
-                given_up_at = CASE WHEN $3 = 'given_up' THEN now() END
-            WHERE id = $1 AND claim = $2 AND state = 'pending'
-            RETURNING attempts
-            """,
-            event.row,
-            event.claim,
-            state,
-            attempt.status_code,
-            attempt.error,
-            attempt.retry_in_s,
-        )
-        if number is None:
-            return False
-        await conn.execute(
-            "INSERT INTO webhook_deliveries (event_row, attempt, status_code, error, outcome, "
-            "started_at, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            event.row,
-            number,
-            attempt.status_code,
-            attempt.error,
-            attempt.outcome,
-            attempt.started_at,
-            attempt.duration_ms,
-        )
-    return True
+    number = await pool.fetchval(
+        _SETTLE,
+        event.row,
+        event.claim,
+        state,
+        attempt.status_code,
+        attempt.error,
+        attempt.retry_in_s,
+        attempt.outcome,
+        attempt.started_at,
+        attempt.duration_ms,
+    )
+    return number is not None
 
 
 async def backlog(pool: Db) -> dict[str, int]:
