@@ -162,36 +162,37 @@ class WebhookDispatcher:
     # --- the loop ---------------------------------------------------------------------------
 
     async def run_forever(self) -> None:
-        """Keep up to ``webhook_batch`` deliveries in flight, claiming more as each ends, so
-        one slow receiver holds one slot, not a whole round."""
+        """Keep up to ``webhook_batch`` deliveries in flight, claiming more (in bunches, once
+        half the slots are free) as they end: one slow receiver holds one slot, not a round."""
+        s = self.settings
+        batch = s.webhook_batch
         listener = await self._listen()
-        in_flight: set[asyncio.Task[store.Attempt]] = set()
+        in_flight: set[asyncio.Task[store.Attempt | None]] = set()
         try:
             while not self._stop.is_set():
                 self._wake.clear()
-                free = self.settings.webhook_batch - len(in_flight)
+                free = batch - len(in_flight)
+                if free < max(1, batch // 2):  # claim in bunches: half the slots free at least
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 claimed: list[store.Claimed] = []
-                if free > 0:
-                    try:
-                        claimed = await store.claim_due(
-                            self.pool, limit=free, lease_s=self.settings.webhook_lease_s
-                        )
-                        self.rounds += 1
-                        self.last_error = None
-                    except Exception as exc:  # database down...: log, wait, retry
-                        self.last_error = f"{type(exc).__name__}: {exc}"
-                        log.warning("webhook claim failed: %s", self.last_error)
+                try:
+                    claimed = await store.claim_due(
+                        self.pool, limit=free, lease_s=s.webhook_lease_s
+                    )
+                    self.rounds += 1
+                    self.last_error = None
+                except Exception as exc:  # database down...: log, wait, retry
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("webhook claim failed: %s", self.last_error)
                 for event in claimed:
                     task = asyncio.create_task(self._deliver_logged(event))
                     in_flight.add(task)
                     task.add_done_callback(in_flight.discard)
-                if claimed and len(claimed) == free:
-                    # full: go on as soon as one slot frees up
-                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                elif not claimed:
-                    await self._sleep(self.settings.webhook_poll_interval_s, in_flight)
+                if not claimed:  # until a new event, a freed slot, or the poll interval
+                    await self._sleep(s.webhook_poll_interval_s, in_flight)
             if in_flight:  # stopped: let the deliveries under way finish and settle
-                await asyncio.wait(in_flight, timeout=self.settings.webhook_timeout_s + 5)
+                await asyncio.wait(in_flight, timeout=s.webhook_timeout_s + 5)
         finally:
             for task in in_flight:  # stopped or cancelled: unsettled events come back
                 task.cancel()  # due once their lease passes
