@@ -10,9 +10,11 @@ import contextlib
 import hashlib
 import hmac
 import random
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -318,6 +320,26 @@ def test_signature_verifies_and_refuses_wrong_secret_tampering_and_replays() -> 
     assert verify_signature(SECRET, rotated, body, now=now)
     for broken in ("", "t=abc,v1=00", f"v1={expected}", f"t={now}", "garbage"):
         assert not verify_signature(SECRET, broken, body, now=now)
+
+
+def test_the_documented_event_and_verification_snippet_hold() -> None:
+    """docs/webhooks.md: its event example is a valid event, its snippet verifies as the
+    module does."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "webhooks.md").read_text()
+    example = re.search(r"```json\n(.*?)```", text, re.S)
+    assert example is not None
+    event = WebhookEvent.model_validate_json(example.group(1))
+    assert event.type == "story.grew" and event.growth is not None
+    snippet = re.search(r"```python\n(import hashlib.*?)```", text, re.S)
+    assert snippet is not None
+    scope: dict = {}
+    exec(snippet.group(1), scope)
+    body, now = example.group(1).encode(), 1_800_000_000
+    header = sign(SECRET, body, now)
+    for secret, at in ((SECRET, now), ("wrong-secret-0123456789", now), (SECRET, now + 301)):
+        assert scope["verify_signature"](secret, header, body, now=at) == verify_signature(
+            secret, header, body, now=at
+        )
 
 
 def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
