@@ -125,30 +125,29 @@ async def enqueue_for_stories(conn: asyncpg.Connection, story_ids: Iterable[int]
     """Enqueue the events these stories owe; must run inside the transaction that changed
     them. The number of events enqueued."""
     ids = sorted(set(story_ids))
-    if not ids:
-        return 0
-    if not conn.is_in_transaction():
-        raise RuntimeError("enqueue_for_stories must run inside the changing transaction")
-    rules = await store.match_rules(conn)
-    if not rules:
-        return 0
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", MATCH_LOCK_KEY)
-    return await _enqueue(conn, rules, ids)
+    rules = await _locked_rules(conn) if ids else []
+    return await _enqueue(conn, rules, ids) if rules else 0
 
 
 async def enqueue_for_article(conn: asyncpg.Connection, article_id: int) -> int:
     """Enqueue what the story of ``article_id`` owes after its Result was stored (nothing
     while it has no story: the assignment round enqueues then)."""
-    if not conn.is_in_transaction():
-        raise RuntimeError("enqueue_for_article must run inside the changing transaction")
-    rules = await store.match_rules(conn)
+    rules = await _locked_rules(conn)
     if not rules:
         return 0
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", MATCH_LOCK_KEY)
     story_id = await store.story_of(conn, article_id)  # read after the lock: see module doc
-    if story_id is None:
-        return 0
-    return await _enqueue(conn, rules, [story_id])
+    return await _enqueue(conn, rules, [story_id]) if story_id is not None else 0
+
+
+async def _locked_rules(conn: asyncpg.Connection) -> list[store.Rule]:
+    """The webhooks' rules, with the matching lock taken when there are any (held until the
+    transaction ends)."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("the matcher must run inside the changing transaction")
+    rules = await store.match_rules(conn)
+    if rules:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MATCH_LOCK_KEY)
+    return rules
 
 
 async def _enqueue(conn: asyncpg.Connection, rules: list[store.Rule], ids: list[int]) -> int:
