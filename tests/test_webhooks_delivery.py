@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from cluster.settings import Settings
+from serving.deployments.webhooks import WebhookDispatcherRunner
 from serving.local import LocalBackend, local_app
 from serving.webhooks import store
 from serving.webhooks.dispatcher import WebhookDispatcher, backoff_s
@@ -229,6 +230,38 @@ def _all_delivered(pool: asyncpg.Pool):  # type: ignore[no-untyped-def]
         )
 
     return check
+
+
+async def test_the_serve_deployment_runs_the_dispatcher(
+    pool: asyncpg.Pool, hook_settings: Settings, receiver: Receiver
+) -> None:
+    """The deployment's class, without Ray: it starts a dispatcher on its own pool, reports its
+    counters and the outbox, and stops."""
+    await _subscribe(pool, receiver.url())
+    runner = _Runner.__new__(_Runner)
+    await runner.__init__(hook_settings)  # type: ignore[misc]  # Serve awaits the async init
+    try:
+        await _one_event(pool, hook_settings)
+        await _until(lambda: _delivered(pool))
+        await runner.check_health()
+        status = await runner.status()
+        assert status["outcomes"] == {"delivered": 1} and status["events"] == {"delivered": 1}
+    finally:
+        await runner.shutdown()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner._task
+    assert len(receiver.received) == 1
+
+
+class _Runner(WebhookDispatcherRunner):
+    """The deployment's class as Serve drives it: Serve awaits ``__del__`` on shutdown; here
+    the test does (``shutdown``) and the garbage collector's call does nothing."""
+
+    async def shutdown(self) -> None:
+        await WebhookDispatcherRunner.__del__(self)  # type: ignore[misc]
+
+    def __del__(self) -> None:
+        pass
 
 
 async def test_gives_up_after_the_last_attempt(

@@ -7,7 +7,6 @@ holds its handle (events come from stories) and reports its status under ``webho
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from ray import serve
@@ -16,8 +15,6 @@ from serving.settings import ServingSettings
 from serving.store_handle import StoreHandle
 from serving.webhooks import store as webhook_store
 from serving.webhooks.dispatcher import WebhookDispatcher
-
-log = logging.getLogger(__name__)
 
 
 class WebhookDispatcherRunner:
