@@ -182,6 +182,12 @@ class ServingSettings(CoreSettings):
     webhook_batch: int = Field(
         default=32, ge=1, description="Events a dispatcher claims and sends at once."
     )
+    webhook_retention_days: float = Field(
+        default=7.0,
+        ge=1,
+        description="Delivered and given-up events (with their log) are deleted after this "
+        "many days; pending ones never are.",
+    )
     webhook_poll_interval_s: float = Field(
         default=2.0,
         gt=0,

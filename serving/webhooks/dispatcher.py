@@ -14,6 +14,7 @@ status, a timeout, a refused connection) is retried after ``webhook_retry_base_s
 ``webhook_max_attempts``; then the event is given up. An address the guard refuses at connect
 time (a host that resolves to a private address: DNS rebinding) is given up at once.
 
+Settled events older than ``webhook_retention_days`` are deleted with their log now and then.
 When nothing is due it sleeps ``webhook_poll_interval_s``, or less: a committed event wakes it
 through PostgreSQL ``LISTEN``. :meth:`WebhookDispatcher.run_forever` runs until
 :meth:`~WebhookDispatcher.stop` (the :mod:`serving.deployments.webhooks` deployment, a test).
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "Newsdesk-Webhooks/1"
 MAX_ANSWER_BYTES = 64 * 1024  # of a receiver's answer body read (then dropped)
+PRUNE_EVERY_S = 600.0  # how often a dispatcher deletes events past webhook_retention_days
 
 
 def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
@@ -81,6 +83,8 @@ class WebhookDispatcher:
         self.outcomes: Counter[str] = Counter()
         self.rounds = 0
         self.lost_claims = 0
+        self.pruned = 0
+        self._pruned_at = -PRUNE_EVERY_S
         self.last_error: str | None = None
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -177,6 +181,7 @@ class WebhookDispatcher:
                     continue
                 claimed: list[store.Claimed] = []
                 try:
+                    await self._prune_now_and_then()
                     claimed = await store.claim_due(
                         self.pool, limit=free, lease_s=s.webhook_lease_s
                     )
@@ -200,6 +205,14 @@ class WebhookDispatcher:
                 with contextlib.suppress(Exception):
                     await listener.remove_listener(store.NOTIFY_CHANNEL, self._notified)
                     await self.pool.release(listener)
+
+    async def _prune_now_and_then(self) -> None:
+        """Delete old settled events, at most once per PRUNE_EVERY_S per dispatcher."""
+        if time.monotonic() - self._pruned_at < PRUNE_EVERY_S:
+            return
+        self._pruned_at = time.monotonic()
+        days = self.settings.webhook_retention_days
+        self.pruned += await store.prune(self.pool, older_than_s=days * 86400)
 
     async def _deliver_logged(self, event: store.Claimed) -> store.Attempt | None:
         try:
@@ -247,5 +260,6 @@ class WebhookDispatcher:
             "rounds": self.rounds,
             "outcomes": dict(self.outcomes),
             "lost_claims": self.lost_claims,
+            "pruned": self.pruned,
             "last_error": self.last_error,
         }

@@ -326,6 +326,17 @@ async def settle(pool: Db, event: Claimed, attempt: Attempt) -> bool:
     return number is not None
 
 
+async def prune(pool: Db, *, older_than_s: float) -> int:
+    """Delete settled events (delivered, given up) created more than ``older_than_s`` ago,
+    with their log; the number deleted. Pending events stay, however old."""
+    status = await pool.execute(
+        "DELETE FROM webhook_events WHERE state <> 'pending' "
+        "AND created_at < now() - make_interval(secs => $1)",
+        older_than_s,
+    )
+    return int(status.split()[-1])
+
+
 async def backlog(pool: Db) -> dict[str, int]:
     """Events by state, for the dispatcher's status."""
     rows = await pool.fetch("SELECT state, count(*) AS n FROM webhook_events GROUP BY state")
