@@ -268,28 +268,31 @@ async def test_old_settled_events_are_pruned_pending_ones_kept(
     pool: asyncpg.Pool, hook_settings: Settings, receiver: Receiver
 ) -> None:
     hook = await _subscribe(pool, receiver.url())
-    for group in ("quake", "flood", "storm"):
+    for group in ("quake", "flood", "storm", "fire"):
         await summarize(pool, await add_articles(pool, group), 50)
     await assign(pool, hook_settings)
     dispatcher = WebhookDispatcher(pool, hook_settings)
-    assert await dispatcher.run_once() == 3
+    assert await dispatcher.run_once() == 4
     await dispatcher.aclose()
-    rows = await events(pool, hook)
-    await pool.execute(  # one delivered event 8 days old, one pending event as old
+    old, pending, live, recent = (r["id"] for r in await events(pool, hook))
+    # 8 days old: a delivered event of a quiet story, a pending one, a delivered one of a
+    # story still alive (the growth rule counts from it); and a recent one
+    await pool.execute(
         "UPDATE webhook_events SET created_at = now() - interval '8 days', "
         "state = CASE WHEN id = $2 THEN 'pending' ELSE state END WHERE id = ANY($1::bigint[])",
-        [rows[0]["id"], rows[1]["id"]],
-        rows[1]["id"],
+        [old, pending, live],
+        pending,
+    )
+    await pool.execute(
+        "UPDATE stories SET last_published_at = now() - interval '8 days' "
+        "WHERE id IN (SELECT story_id FROM webhook_events WHERE id = ANY($1::bigint[]))",
+        [old, pending],
     )
     assert await store.prune(pool, older_than_s=7 * 86400) == 1
     left = {r["id"]: r["state"] for r in await events(pool, hook)}
-    assert left == {rows[1]["id"]: "pending", rows[2]["id"]: "delivered"}
-    assert (
-        await pool.fetchval(
-            "SELECT count(*) FROM webhook_deliveries WHERE event_row = $1", rows[0]["id"]
-        )
-        == 0
-    )
+    assert left == {pending: "pending", live: "delivered", recent: "delivered"}
+    log = await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE event_row = $1", old)
+    assert log == 0
 
 
 async def test_gives_up_after_the_last_attempt(

@@ -328,10 +328,20 @@ async def settle(pool: Db, event: Claimed, attempt: Attempt) -> bool:
 
 async def prune(pool: Db, *, older_than_s: float) -> int:
     """Delete settled events (delivered, given up) created more than ``older_than_s`` ago,
-    with their log; the number deleted. Pending events stay, however old."""
+    with their log; the number deleted. Pending events stay, however old, and so does the
+    latest event of a (webhook, story) whose story had an article within that time: the
+    growth rule counts from it."""
     status = await pool.execute(
-        "DELETE FROM webhook_events WHERE state <> 'pending' "
-        "AND created_at < now() - make_interval(secs => $1)",
+        """
+        DELETE FROM webhook_events e
+        WHERE e.state <> 'pending' AND e.created_at < now() - make_interval(secs => $1)
+          AND (EXISTS (SELECT 1 FROM webhook_events n
+                       WHERE n.webhook_id = e.webhook_id AND n.story_id = e.story_id
+                         AND n.size > e.size)
+               OR NOT EXISTS (SELECT 1 FROM stories s
+                              WHERE s.id = e.story_id
+                                AND s.last_published_at >= now() - make_interval(secs => $1)))
+        """,
         older_than_s,
     )
     return int(status.split()[-1])
