@@ -11,6 +11,7 @@ import sys
 from collections.abc import Coroutine, Iterator
 from typing import Any, TextIO, TypeVar
 
+import typer
 from rich.console import Console
 
 from cluster.settings import Settings
@@ -18,6 +19,12 @@ from cluster.settings import Settings
 T = TypeVar("T")
 console = Console()
 err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` on stderr; the Exit to raise with ``code``."""
+    err_console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
 
 
 def settings() -> Settings:

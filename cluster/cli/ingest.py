@@ -19,7 +19,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cluster.cli.common import console, err_console, run, settings
+from cluster.cli.common import console, fail, run, settings
 from cluster.settings import Settings
 from core import db
 from ingestion import store
@@ -47,11 +47,6 @@ def _ago(when: datetime | None, now: datetime) -> str:
     return f"in {text}" if future else f"{text} ago"
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
-
-
 async def _pool(s: Settings):  # type: ignore[no-untyped-def]
     return await db.create_pool(s)
 
@@ -73,7 +68,7 @@ def register(app: typer.Typer) -> None:
         try:
             check_feed_url(url, s)  # before connecting: a bad URL is refused at once
         except InvalidFeedURL as exc:
-            raise _fail(f"cannot add {url}: {exc}", 2) from None
+            raise fail(f"cannot add {url}: {exc}", 2) from None
 
         async def go() -> tuple[store.Feed, bool]:
             pool = await _pool(s)
@@ -146,7 +141,7 @@ def register(app: typer.Typer) -> None:
             else:
                 specs = load_opml(file)
         except FeedListError as exc:
-            raise _fail(str(exc), 2) from None
+            raise fail(str(exc), 2) from None
 
         async def go():  # type: ignore[no-untyped-def]
             pool = await _pool(s)
@@ -177,7 +172,7 @@ def register(app: typer.Typer) -> None:
 
         feed = run(go())
         if feed is None:
-            raise _fail(f"no feed {ref}")
+            raise fail(f"no feed {ref}")
         console.print(f"removed feed #{feed.id} {feed.url} ({feed.articles_total} articles)")
 
     def _set_status(ref: str, status: str) -> None:
@@ -192,7 +187,7 @@ def register(app: typer.Typer) -> None:
 
         feed = run(go())
         if feed is None:
-            raise _fail(f"no feed {ref}")
+            raise fail(f"no feed {ref}")
         console.print(f"feed #{feed.id} {feed.url} is {feed.status}")
 
     @feeds.command("enable")

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import typer
 from rich.table import Table
 
-from cluster.cli.common import console, err_console, run, settings
+from cluster.cli.common import console, fail, run, settings
 from core import db
 from serving.webhooks import store
 from serving.webhooks.schemas import Delivery, Webhook, WebhookCreate, WebhookCreated
@@ -24,11 +24,6 @@ from serving.webhooks.subscriptions import (
     check_webhook_url,
     subscribe,
 )
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
 
 
 def _when(at: datetime | None) -> str:
@@ -72,14 +67,14 @@ def register(app: typer.Typer) -> None:
                 growth_step=growth_step,
             )
         except ValueError as exc:
-            raise _fail(f"cannot add {url}: {exc}", 2) from None
+            raise fail(f"cannot add {url}: {exc}", 2) from None
         policy = SubscribePolicy.from_settings(s)
         try:  # before connecting: a refused URL is refused at once
             check_webhook_url(
                 url, allow_private=policy.allow_private, allow_loopback=policy.allow_loopback
             )
         except InvalidWebhookURL as exc:
-            raise _fail(f"cannot add {url}: {exc}", 2) from None
+            raise fail(f"cannot add {url}: {exc}", 2) from None
 
         async def go() -> WebhookCreated:
             pool = await db.create_pool(s)
@@ -118,7 +113,7 @@ def register(app: typer.Typer) -> None:
     def hooks_remove(webhook_id: int = typer.Argument(..., help="Webhook id.")) -> None:
         """Unsubscribe: delete the webhook, its pending events and its log."""
         if not run(_with_pool(store.delete_webhook, webhook_id)):
-            raise _fail(f"no webhook {webhook_id}")
+            raise fail(f"no webhook {webhook_id}")
         console.print(f"removed webhook #{webhook_id}")
 
     @hooks.command("deliveries")
@@ -135,7 +130,7 @@ def register(app: typer.Typer) -> None:
 
         hook, rows = run(_with_pool(read))
         if hook is None:
-            raise _fail(f"no webhook {webhook_id}")
+            raise fail(f"no webhook {webhook_id}")
         table = Table(title=f"webhook #{hook.id} {hook.url}: {len(rows)} events")
         for col in ("event", "kind", "story", "state", "attempts", "last", "created", "done"):
             table.add_column(col)
