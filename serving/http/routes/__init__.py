@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from serving.http.routes.admin import AdminRoutes
 from serving.http.routes.articles import ArticleRoutes
+from serving.http.routes.feeds import FeedRoutes
 from serving.http.routes.route import ApiRoute, RouteContext
 from serving.http.routes.summarize import SummarizeRoutes
 
-GROUPS = (SummarizeRoutes, ArticleRoutes, AdminRoutes)
+GROUPS = (SummarizeRoutes, ArticleRoutes, AdminRoutes, FeedRoutes)
 
 __all__ = ["GROUPS", "ApiRoute", "RouteContext", "api_routes"]
 
