@@ -119,6 +119,13 @@ async def import_feed_list(
 ) -> ImportReport:
     """Subscribe to every feed of an OPML or YAML list (``FeedListError`` when it is not one)."""
     specs, refused = read_feed_list(data, fmt)
+    return await subscribe_feed_list(db, specs, refused, settings)
+
+
+async def subscribe_feed_list(
+    db: store.Db, specs: list[FeedSpec], refused: list[Refusal], settings: IngestionSettings
+) -> ImportReport:
+    """Subscribe to the feeds ``read_feed_list`` read (``refused``: what it left out)."""
     report = await add_feeds(db, specs, settings)
     return ImportReport(
         total=len(specs) + len(refused),

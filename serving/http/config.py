@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from ingestion.settings import IngestionSettings
 from serving.settings import ServingSettings
 
 
@@ -21,14 +20,9 @@ class ApiConfig:
     # Behind Serve's HTTP proxy: it gives each request an X-Request-ID (or passes the client's
     # on) and echoes it in the response itself; the app uses that id and adds no header.
     behind_serve_proxy: bool = False
-    # The rules for subscribing to feeds (the URL guard, the default interval) of the feed
-    # routes: the settings' ingestion section when they hold one (in one process: LocalBackend
-    # under the composite Settings); else, in a Serve replica that receives only the serving
-    # section, read from that process's NEWSDESK_* environment like the poller's.
-    ingestion: IngestionSettings | None = None
-
-    def feed_rules(self) -> IngestionSettings:
-        return self.ingestion if self.ingestion is not None else IngestionSettings()
+    # The settings this config was made from: a route group that needs another section's
+    # fields narrows them (the feed routes: ingestion's rules for subscribing).
+    settings: ServingSettings | None = None
 
     @classmethod
     def from_settings(
@@ -43,9 +37,5 @@ class ApiConfig:
             rank_half_life_h=settings.api_rank_half_life_h,
             summarizer_timeout_s=settings.summarizer_timeout_s,
             behind_serve_proxy=behind_serve_proxy,
-            ingestion=(
-                settings.section(IngestionSettings)
-                if isinstance(settings, IngestionSettings)
-                else None
-            ),
+            settings=settings,
         )

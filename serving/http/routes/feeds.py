@@ -5,9 +5,13 @@ system's feeds are managed without reaching its database from the laptop.
 (201 new, 200 already subscribed), ``DELETE /v1/feeds/{id}``, ``POST /v1/feeds/{id}/enable`` and
 ``/disable`` (the CLI's verbs: one action each, nothing else to send), ``POST /v1/feeds/import``
 (an OPML or YAML body: a report per feed) and ``GET /v1/feeds/export.opml``. Every route needs the
-API key. The routes only parse, call ingestion (``ingestion.feed_admin``, ``subscriptions``,
-``store``: the SQL and the URL rules live there, shared with the CLI) and answer; the fixed
-paths are listed before ``/v1/feeds/{feed_id}``, so ``export.opml`` is never taken for an id.
+API key. The fixed paths are listed before ``/v1/feeds/{feed_id}``, so ``export.opml`` is never
+taken for an id.
+
+The routes only parse, call ingestion (``ingestion.feed_admin``, ``subscriptions``, ``store``:
+the SQL and the URL rules live there, shared with the CLI) and answer. This is the one serving
+module that imports ingestion (``tests/test_import_graph.py`` names it): it serves ingestion's
+feed operations over the API.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from ingestion.feed_admin import (
 )
 from ingestion.feedlist import FeedListError
 from ingestion.schedule import ACTIVE, DISABLED
+from ingestion.settings import IngestionSettings
 from ingestion.subscriptions import InvalidFeedURL, subscribe
 from serving.http.errors import ApiError, validate
 from serving.http.routes.route import (
@@ -94,7 +99,7 @@ BAD_ID = (ErrorResponse, "Not a valid id.")
 class FeedRoutes:
     def __init__(self, ctx: RouteContext) -> None:
         self.ctx = ctx
-        self.rules = ctx.config.feed_rules()
+        self.rules = feed_rules(ctx.config.settings)
 
     def table(self) -> list[ApiRoute]:
         by_id = {"feed_id": "The feed's id."}
@@ -314,6 +319,16 @@ class FeedRoutes:
             media_type=OPML_MEDIA_TYPE,
             headers={"Content-Disposition": 'attachment; filename="newsdesk-feeds.opml"'},
         )
+
+
+def feed_rules(settings: object) -> IngestionSettings:
+    """Ingestion's rules for subscribing (the URL guard, the default interval): the settings'
+    ingestion section when they hold one (one process under the composite Settings); a Serve
+    replica receives the serving section only and reads them from its NEWSDESK_* environment,
+    as the poller does on the same cluster."""
+    if isinstance(settings, IngestionSettings):
+        return settings.section(IngestionSettings)
+    return IngestionSettings()
 
 
 def _found(feed: store.Feed | None, feed_id: int) -> store.Feed:
