@@ -28,7 +28,6 @@ from ingestion.feedlist import FeedListError
 from ingestion.settings import IngestionSettings
 from ingestion.subscriptions import InvalidFeedURL, check_feed_url, subscribe
 
-PAGE = 100  # feeds per request when listing over HTTP (the API's default limit)
 MEDIA_TYPES: dict[str, str] = {"opml": "text/x-opml", "yaml": "application/yaml"}
 
 
@@ -184,7 +183,7 @@ class HttpFeedAdmin:
         feeds: list[FeedInfo] = []
         after: int | None = 0
         while after is not None:
-            params: dict[str, Any] = {"after": after, "limit": PAGE}
+            params: dict[str, Any] = {"after": after}  # pages of the server's size
             if status is not None:
                 params["status"] = status
             response = await self._call("GET", "/v1/feeds", params=params)

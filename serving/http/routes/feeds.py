@@ -49,6 +49,7 @@ from serving.http.routes.route import (
 from serving.openapi import RouteDoc
 from serving.schemas import ErrorResponse
 
+DEFAULT_PAGE = 100
 OPML_MEDIA_TYPE = "text/x-opml"
 # the body's Content-Type -> the list format it holds
 IMPORT_MEDIA_TYPES: dict[str, FeedListFormat] = {
@@ -74,7 +75,11 @@ class FeedListQuery(BaseModel):
         default=None, min_length=1, max_length=4096, description="Only the feed with this URL."
     )
     after: int = Field(default=0, ge=0, description="Feeds with an id above this (paging).")
-    limit: int = Field(default=100, ge=1, description="Feeds per page.")
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        description=f"Feeds per page (default {DEFAULT_PAGE}, or the server's largest limit).",
+    )
 
 
 class FeedCreate(BaseModel):
@@ -235,12 +240,13 @@ class FeedRoutes:
 
     async def list_feeds(self, request: Request) -> Response:
         query = query_of(request, FeedListQuery, max_limit=self.ctx.config.max_list_limit)
+        limit = query.limit or min(DEFAULT_PAGE, self.ctx.config.max_list_limit)
         db = await self.ctx.backend.database()
         # one more than asked: whether another page follows
         feeds = await store.list_feeds(
-            db, status=query.status, url=query.url, after_id=query.after, limit=query.limit + 1
+            db, status=query.status, url=query.url, after_id=query.after, limit=limit + 1
         )
-        page, more = feeds[: query.limit], len(feeds) > query.limit
+        page, more = feeds[:limit], len(feeds) > limit
         body = FeedPage(
             count=len(page),
             feeds=[FeedInfo.of(f) for f in page],
