@@ -40,6 +40,7 @@ from serving.http.routes.route import (
     ERRORS,
     WRITE_ERRORS,
     ApiRoute,
+    Handler,
     RouteContext,
     json_body,
     json_response,
@@ -97,18 +98,12 @@ class FeedCreate(BaseModel):
     )
 
 
-NOT_FOUND = (ErrorResponse, "No feed with this id.")
-BAD_ID = (ErrorResponse, "Not a valid id.")
-
-
 class FeedRoutes:
     def __init__(self, ctx: RouteContext) -> None:
         self.ctx = ctx
         self.rules = feed_rules(ctx.config.settings)
 
     def table(self) -> list[ApiRoute]:
-        by_id = {"feed_id": "The feed's id."}
-        one = {200: (FeedInfo, "The feed."), 401: ERRORS[401], 404: NOT_FOUND, 422: BAD_ID}
         return [
             ApiRoute(
                 "feeds",
@@ -181,60 +176,27 @@ class FeedRoutes:
                     tags=("feeds",),
                 ),
             ),
-            ApiRoute(
-                "feed",
-                self.get_feed,
-                RouteDoc(
-                    "GET",
-                    "/v1/feeds/{feed_id}",
-                    "One feed with its polling state.",
-                    path_params=by_id,
-                    responses=one,
-                    auth=True,
-                    tags=("feeds",),
-                ),
-            ),
-            ApiRoute(
+            _on_one_feed("feed", self.get_feed, "GET", "", "One feed with its polling state."),
+            _on_one_feed(
                 "feed_remove",
                 self.remove_feed,
-                RouteDoc(
-                    "DELETE",
-                    "/v1/feeds/{feed_id}",
-                    "Unsubscribe: delete the feed and its articles; answers the deleted feed.",
-                    path_params=by_id,
-                    responses=one,
-                    auth=True,
-                    tags=("feeds",),
-                ),
-                reads_body=True,
+                "DELETE",
+                "",
+                "Unsubscribe: delete the feed and its articles; answers the deleted feed.",
             ),
-            ApiRoute(
+            _on_one_feed(
                 "feed_enable",
                 self.enable_feed,
-                RouteDoc(
-                    "POST",
-                    "/v1/feeds/{feed_id}/enable",
-                    "Poll a disabled or quarantined feed again: failures reset, due now.",
-                    path_params=by_id,
-                    responses=one,
-                    auth=True,
-                    tags=("feeds",),
-                ),
-                reads_body=True,
+                "POST",
+                "/enable",
+                "Poll a disabled or quarantined feed again: failures reset, due now.",
             ),
-            ApiRoute(
+            _on_one_feed(
                 "feed_disable",
                 self.disable_feed,
-                RouteDoc(
-                    "POST",
-                    "/v1/feeds/{feed_id}/disable",
-                    "Stop polling a feed (its articles stay).",
-                    path_params=by_id,
-                    responses=one,
-                    auth=True,
-                    tags=("feeds",),
-                ),
-                reads_body=True,
+                "POST",
+                "/disable",
+                "Stop polling a feed (its articles stay).",
             ),
         ]
 
@@ -325,6 +287,29 @@ class FeedRoutes:
             media_type=OPML_MEDIA_TYPE,
             headers={"Content-Disposition": 'attachment; filename="newsdesk-feeds.opml"'},
         )
+
+
+def _on_one_feed(name: str, handler: Handler, method: str, suffix: str, summary: str) -> ApiRoute:
+    """A route on ``/v1/feeds/{feed_id}{suffix}`` answering the feed (after the change)."""
+    return ApiRoute(
+        name,
+        handler,
+        RouteDoc(
+            method,
+            "/v1/feeds/{feed_id}" + suffix,
+            summary,
+            path_params={"feed_id": "The feed's id."},
+            responses={
+                200: (FeedInfo, "The feed."),
+                401: ERRORS[401],
+                404: (ErrorResponse, "No feed with this id."),
+                422: (ErrorResponse, "Not a valid id."),
+            },
+            auth=True,
+            tags=("feeds",),
+        ),
+        reads_body=method != "GET",
+    )
 
 
 def feed_rules(settings: object) -> IngestionSettings:
