@@ -50,5 +50,5 @@ async def subscribe(
         url,
         title=title,
         interval_s=interval_s or settings.feed_interval_s,
-        category=category,
+        category=(category or "").strip() or None,
     )

@@ -205,3 +205,24 @@ async def test_api_url_and_key_from_the_environment_and_their_errors(
     out = await cli(env, "feeds", "import", str(exported))
     assert "1 feeds in feeds.opml: 1 added, 0 already subscribed, 0 refused" in out
     assert await pool.fetchval("SELECT url FROM feeds") == "https://a.example/rss"
+
+
+async def test_a_url_that_is_not_the_api_is_named_not_a_traceback(
+    feed_server, state_dir: Path
+) -> None:
+    """--api pointing at some other web server: a page, a redirect, a plain 404."""
+    feed_server.route("/page/v1/feeds", body=b"<html>hello</html>", content_type="text/html")
+    feed_server.route("/moved/v1/feeds", status=301, location="https://elsewhere.example/")
+    env = _env(NO_DATABASE, state_dir, NEWSDESK_API_KEY=KEY)
+
+    out = await cli(env, "feeds", "list", "--api", feed_server.url("/page"), code=1)
+    assert "did not answer as the Newsdesk API does (HTTP 200, text/html)" in out
+    out = await cli(env, "feeds", "list", "--api", feed_server.url("/moved"), code=1)
+    assert "redirects (HTTP 301) to https://elsewhere.example/" in out
+    out = await cli(env, "feeds", "list", "--api", feed_server.url("/nothing"), code=1)
+    assert "the API answered 404" in out
+    out = await cli(
+        env, "feeds", "list", "--status", "broken", "--api", feed_server.url(""), code=2
+    )
+    assert "no status 'broken'" in out
+    assert feed_server.requests_to("/v1/feeds") == []  # refused before asking

@@ -34,6 +34,7 @@ from ingestion.subscriptions import InvalidFeedURL
 
 T = TypeVar("T")
 _STATUS_STYLE = {"active": "green", "quarantined": "yellow", "disabled": "red"}
+STATES = tuple(_STATUS_STYLE)
 
 Api = Annotated[
     str | None,
@@ -175,6 +176,8 @@ def register(app: typer.Typer) -> None:
         api_key: ApiKey = None,
     ) -> None:
         """Feeds with their state, last outcome and last error."""
+        if status is not None and status not in STATES:
+            raise _fail(f"no status {status!r}: one of {', '.join(STATES)}", 2)
         rows = _with_admin(api, api_key, lambda a: a.list_feeds(status))
         if not rows:
             console.print("no feeds" + (f" with status {status}" if status else ""))

@@ -8,10 +8,11 @@ the exceptions the database side raises.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from core import db
 from ingestion import store
@@ -28,6 +29,7 @@ from ingestion.feedlist import FeedListError
 from ingestion.settings import IngestionSettings
 from ingestion.subscriptions import InvalidFeedURL, check_feed_url, subscribe
 
+M = TypeVar("M", bound=BaseModel)
 MEDIA_TYPES: dict[str, str] = {"opml": "text/x-opml", "yaml": "application/yaml"}
 
 
@@ -152,17 +154,37 @@ class HttpFeedAdmin:
             ) from None
         if response.status_code == 404 and missing_ok:
             return None
+        if response.is_redirect:
+            raise FeedAdminError(
+                f"the API at {self.base_url} redirects (HTTP {response.status_code}) to "
+                f"{response.headers.get('location')}: give --api the URL it moved to"
+            )
         if response.status_code >= 400:
             raise _api_error(response)
         return response
 
+    async def _reply(
+        self, model: type[M], method: str, path: str, *, missing_ok: bool = False, **kwargs: Any
+    ) -> tuple[M | None, int]:
+        """The reply as ``model`` and its status (None, 404 for a missing feed)."""
+        response = await self._call(method, path, missing_ok=missing_ok, **kwargs)
+        if response is None:
+            return None, 404
+        try:
+            return model.model_validate_json(response.content), response.status_code
+        except ValidationError:
+            raise FeedAdminError(
+                f"{self.base_url}{path} did not answer as the Newsdesk API does (HTTP "
+                f"{response.status_code}, {response.headers.get('content-type')}): is "
+                f"{self.base_url} the API's base URL?"
+            ) from None
+
     async def _feed_id(self, ref: str) -> int | None:
         if ref.strip().isdigit():
-            return int(ref)
-        response = await self._call("GET", "/v1/feeds", params={"url": ref, "limit": 1})
-        assert response is not None
-        page = FeedPage.model_validate_json(response.content)
-        return page.feeds[0].id if page.feeds else None
+            feed_id = int(ref)
+            return feed_id if 1 <= feed_id < 2**63 else None
+        page, _ = await self._reply(FeedPage, "GET", "/v1/feeds", params={"url": ref, "limit": 1})
+        return page.feeds[0].id if page and page.feeds else None
 
     async def add(
         self,
@@ -173,11 +195,11 @@ class HttpFeedAdmin:
         interval_s: int | None = None,
     ) -> tuple[FeedInfo, bool]:
         body = {"url": url, "title": title, "category": category, "interval_s": interval_s}
-        response = await self._call(
-            "POST", "/v1/feeds", json={k: v for k, v in body.items() if v is not None}
+        feed, status = await self._reply(
+            FeedInfo, "POST", "/v1/feeds", json={k: v for k, v in body.items() if v is not None}
         )
-        assert response is not None
-        return FeedInfo.model_validate_json(response.content), response.status_code == 201
+        assert feed is not None
+        return feed, status == 201
 
     async def list_feeds(self, status: str | None = None) -> list[FeedInfo]:
         feeds: list[FeedInfo] = []
@@ -186,9 +208,8 @@ class HttpFeedAdmin:
             params: dict[str, Any] = {"after": after}  # pages of the server's size
             if status is not None:
                 params["status"] = status
-            response = await self._call("GET", "/v1/feeds", params=params)
-            assert response is not None
-            page = FeedPage.model_validate_json(response.content)
+            page, _ = await self._reply(FeedPage, "GET", "/v1/feeds", params=params)
+            assert page is not None
             feeds += page.feeds
             after = page.next_after
         return feeds
@@ -197,8 +218,8 @@ class HttpFeedAdmin:
         feed_id = await self._feed_id(ref)
         if feed_id is None:
             return None
-        response = await self._call(method, f"/v1/feeds/{feed_id}{suffix}", missing_ok=True)
-        return FeedInfo.model_validate_json(response.content) if response is not None else None
+        path = f"/v1/feeds/{feed_id}{suffix}"
+        return (await self._reply(FeedInfo, method, path, missing_ok=True))[0]
 
     async def remove(self, ref: str) -> FeedInfo | None:
         return await self._on_feed("DELETE", ref)
@@ -210,14 +231,15 @@ class HttpFeedAdmin:
         return await self._on_feed("POST", ref, f"/{verb}")
 
     async def import_list(self, data: bytes, fmt: FeedListFormat) -> ImportReport:
-        response = await self._call(
+        report, _ = await self._reply(
+            ImportReport,
             "POST",
             "/v1/feeds/import",
             content=data,
             headers={"Content-Type": MEDIA_TYPES[fmt]},
         )
-        assert response is not None
-        return ImportReport.model_validate_json(response.content)
+        assert report is not None
+        return report
 
     async def export_opml(self) -> bytes:
         response = await self._call("GET", "/v1/feeds/export.opml")
