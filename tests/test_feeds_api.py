@@ -315,3 +315,18 @@ async def test_openapi_documents_the_feed_routes_behind_the_key(client):
         assert op["security"] == [{"ApiKey": []}] and op["tags"] == ["feeds"]
     assert "FeedInfo" in spec["components"]["schemas"]
     assert "ImportReport" in spec["components"]["schemas"]
+
+
+def test_the_rules_come_from_the_ingestion_section_or_the_environment(tmp_path, monkeypatch):
+    """In one process the composite settings carry them; a Serve replica, handed only the
+    serving section, reads them from its environment like the poller on the same cluster."""
+    from serving.http.routes.feeds import feed_rules
+    from serving.settings import ServingSettings
+
+    settings = Settings(state_dir=tmp_path, allow_loopback=True)
+    assert feed_rules(settings).allow_loopback is True  # the test's settings
+    monkeypatch.setenv("NEWSDESK_ALLOW_PRIVATE_ADDRESSES", "true")
+    monkeypatch.setenv("NEWSDESK_FEED_INTERVAL_S", "1234")
+    rules = feed_rules(settings.section(ServingSettings))
+    assert rules.allow_private_addresses is True and rules.feed_interval_s == 1234
+    assert feed_rules(settings).allow_private_addresses is False  # the section wins
