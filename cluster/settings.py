@@ -28,6 +28,13 @@ class Settings(IngestionSettings, TrainSettings):
         default=CONFIGS_DIR / "feeds.yaml",
         description="Feeds `newsdesk up` subscribes to (existing ones untouched).",
     )
+    api_url: str | None = Field(
+        default=None,
+        description=(
+            "A Newsdesk API (`http://host:8000`) that `newsdesk feeds ...` administers instead "
+            "of the database (`--api`); its key: `NEWSDESK_API_KEY`."
+        ),
+    )
     sample_feeds: bool = Field(
         default=True,
         description=(

@@ -22,7 +22,13 @@ class FeedSpec(BaseModel):
     url: str = Field(min_length=1, max_length=4096)
     title: str | None = Field(default=None, max_length=1000)
     interval_s: int | None = Field(default=None, ge=10)
+    category: str | None = Field(default=None, max_length=1000)
     tags: list[str] = Field(default_factory=list)
+
+    @property
+    def folder(self) -> str | None:
+        """The category stored with the feed: given, else its OPML folders joined by "/"."""
+        return self.category or "/".join(self.tags) or None
 
 
 class FeedsFile(BaseModel):
@@ -39,13 +45,22 @@ class FeedListError(ValueError):
 def load_feeds_yaml(path: Path) -> list[FeedSpec]:
     """The feeds of a YAML file ``{defaults: {interval_s: N}, feeds: [{url, title, ...}]}``."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        data = Path(path).read_bytes()
+    except OSError as exc:
         raise FeedListError(f"cannot read {path}: {exc}") from exc
+    return parse_feeds_yaml(data, str(path))
+
+
+def parse_feeds_yaml(data: bytes, name: str = "feeds YAML") -> list[FeedSpec]:
+    """The feeds of a YAML document (``load_feeds_yaml``'s format); ``name`` labels errors."""
     try:
-        parsed = FeedsFile.model_validate(data or {"feeds": []})
+        doc = yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise FeedListError(f"cannot read {name}: {exc}") from exc
+    try:
+        parsed = FeedsFile.model_validate(doc or {"feeds": []})
     except ValidationError as exc:
-        raise FeedListError(f"{path}: {exc}") from exc
+        raise FeedListError(f"{name}: {exc}") from exc
     interval = parsed.defaults.get("interval_s")
     return [
         spec
@@ -70,7 +85,12 @@ async def add_feeds(
     for spec in specs:
         try:
             feed, created = await subscribe(
-                db, spec.url, settings, title=spec.title, interval_s=spec.interval_s
+                db,
+                spec.url,
+                settings,
+                title=spec.title,
+                interval_s=spec.interval_s,
+                category=spec.folder,
             )
         except InvalidFeedURL as exc:
             report.refused.append((spec.url, str(exc)))

@@ -49,6 +49,7 @@ class Feed:
     site_url: str | None
     language: str | None
     body_hash: str | None
+    category: str | None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Feed:
@@ -79,18 +80,24 @@ def _feed_ref(url_or_id: str | int) -> tuple[str, Any]:
 
 
 async def add_feed(
-    db: Db, url: str, *, title: str | None = None, interval_s: int = 900
+    db: Db,
+    url: str,
+    *,
+    title: str | None = None,
+    interval_s: int = 900,
+    category: str | None = None,
 ) -> tuple[Feed, bool]:
     """(feed, created): an existing feed with this URL is returned unchanged."""
     existing = await get_feed(db, url)
     if existing is not None:  # looked up first: a conflicting INSERT would burn an id
         return existing, False
     row = await db.fetchrow(
-        f"INSERT INTO feeds (url, title, interval_s) VALUES ($1, $2, $3) "
+        f"INSERT INTO feeds (url, title, interval_s, category) VALUES ($1, $2, $3, $4) "
         f"ON CONFLICT (url) DO NOTHING RETURNING {FEED_COLUMNS}",
         url.strip(),
         title,
         interval_s,
+        category,
     )
     if row is not None:
         return Feed.from_row(row), True
@@ -105,8 +112,26 @@ async def get_feed(db: Db, url_or_id: str | int) -> Feed | None:
     return Feed.from_row(row) if row else None
 
 
-async def list_feeds(db: Db) -> list[Feed]:
-    rows = await db.fetch(f"SELECT {FEED_COLUMNS} FROM feeds ORDER BY id")
+async def list_feeds(
+    db: Db,
+    *,
+    status: str | None = None,
+    url: str | None = None,
+    after_id: int = 0,
+    limit: int | None = None,
+) -> list[Feed]:
+    """Feeds by id, optionally only those in ``status`` or with ``url``; a page of ``limit``
+    feeds after id ``after_id`` (keyset paging: feeds added or removed meanwhile shift
+    nothing)."""
+    rows = await db.fetch(
+        f"SELECT {FEED_COLUMNS} FROM feeds "
+        f"WHERE id > $1 AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR url = $3) "
+        f"ORDER BY id LIMIT $4",
+        after_id,
+        status,
+        url.strip() if url is not None else None,
+        limit,
+    )
     return [Feed.from_row(r) for r in rows]
 
 

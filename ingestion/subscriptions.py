@@ -37,6 +37,7 @@ async def subscribe(
     *,
     title: str | None = None,
     interval_s: int | None = None,
+    category: str | None = None,
 ) -> tuple[store.Feed, bool]:
     """(feed, created): subscribe to ``url``; an existing feed is returned unchanged.
 
@@ -45,5 +46,9 @@ async def subscribe(
     """
     check_feed_url(url, settings)
     return await store.add_feed(
-        db, url, title=title, interval_s=interval_s or settings.feed_interval_s
+        db,
+        url,
+        title=title,
+        interval_s=interval_s or settings.feed_interval_s,
+        category=(category or "").strip() or None,
     )

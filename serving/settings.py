@@ -51,7 +51,7 @@ class ServingSettings(CoreSettings):
         default=64, ge=1, description="Most articles per batch/stream request."
     )
     api_max_list_limit: int = Field(
-        default=200, ge=1, description="Largest `limit` of `GET /v1/articles`."
+        default=200, ge=1, description="Largest `limit` of `GET /v1/articles` and `/v1/feeds`."
     )
     api_rank_half_life_h: float = Field(
         default=24.0,

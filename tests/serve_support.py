@@ -4,11 +4,15 @@ Ray head: ``cluster.local_cluster``.)"""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -170,3 +174,24 @@ async def store_articles(
         e.article.model_copy(update={"id": by_hash[e.article.content_hash], "feed_id": feed.id})
         for e in entries
     ]
+
+
+@contextlib.contextmanager
+def app_server(app: Any, port: int | None = None) -> Iterator[str]:
+    """``app`` (an ASGI app: the API over a LocalBackend) on a real HTTP server (uvicorn, in a
+    thread) on ``port`` (default: a free one); yields its base URL."""
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

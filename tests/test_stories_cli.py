@@ -9,24 +9,20 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
-import uvicorn
 
 from cluster.components import Stack
-from cluster.local_cluster import free_port
 from cluster.sample_data import SAMPLE_SOURCES, SampleFeedsComponent
 from cluster.settings import Settings
 from cluster.stack import DatabaseComponent
 from serving.local import LocalBackend, local_app
 from serving.store import ResultStore
-from tests.serve_support import make_result, sample_article, store_articles
+from tests.serve_support import app_server, make_result, sample_article, store_articles
 from train.corpus import ensure_lee_corpus
 
 
@@ -70,21 +66,8 @@ def test_sample_feeds_component_subscribes_once(
 def api_server(settings: Settings) -> Iterator[str]:
     """The API app (no model: only reads and stats) on a real HTTP server."""
     backend = LocalBackend(settings, _no_model)  # type: ignore[arg-type]
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(local_app(backend, settings), host="127.0.0.1", port=port, log_level="error")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with app_server(local_app(backend, settings)) as url:
+        yield url
 
 
 def _no_model() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cluster.cli import db as db_cmd
+from cluster.cli import feeds as feeds_cmd
 from cluster.cli import ingest as ingest_cmd
 from cluster.cli import model as model_cmd
 from cluster.cli import models as models_cmd
@@ -19,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 db_cmd.register(app)
+feeds_cmd.register(app)
 ingest_cmd.register(app)
 stack_cmd.register(app)
 models_cmd.register(app)

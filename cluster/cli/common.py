@@ -13,6 +13,7 @@ from typing import Any, TextIO, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cluster.settings import Settings
 
@@ -23,7 +24,7 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``error: message`` on stderr; the Exit to raise with ``code``."""
-    err_console.print(f"[red]error:[/red] {message}")
+    err_console.print(f"[red]error:[/red] {escape(message)}")  # a URL's [..] is not markup
     return typer.Exit(code)
 
 

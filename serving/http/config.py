@@ -22,6 +22,9 @@ class ApiConfig:
     # on) and echoes it in the response itself; the app uses that id and adds no header.
     behind_serve_proxy: bool = False
     webhooks: SubscribePolicy = field(default_factory=SubscribePolicy)
+    # The settings this config was made from: a route group that needs another section's
+    # fields narrows them (the feed routes: ingestion's rules for subscribing).
+    settings: ServingSettings | None = None
 
     @classmethod
     def from_settings(
@@ -37,4 +40,5 @@ class ApiConfig:
             summarizer_timeout_s=settings.summarizer_timeout_s,
             behind_serve_proxy=behind_serve_proxy,
             webhooks=SubscribePolicy.from_settings(settings),
+            settings=settings,
         )

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from serving.http.routes.admin import AdminRoutes
 from serving.http.routes.articles import ArticleRoutes
+from serving.http.routes.feeds import FeedRoutes
 from serving.http.routes.route import ApiRoute, RouteContext
 from serving.http.routes.summarize import SummarizeRoutes
 from serving.http.routes.webhooks import WebhookRoutes
 
-GROUPS = (SummarizeRoutes, ArticleRoutes, AdminRoutes, WebhookRoutes)
+GROUPS = (SummarizeRoutes, ArticleRoutes, AdminRoutes, FeedRoutes, WebhookRoutes)
 
 __all__ = ["GROUPS", "ApiRoute", "RouteContext", "api_routes"]
 
