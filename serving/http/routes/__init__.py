@@ -13,9 +13,10 @@ from __future__ import annotations
 from serving.http.routes.admin import AdminRoutes
 from serving.http.routes.articles import ArticleRoutes
 from serving.http.routes.route import ApiRoute, RouteContext
+from serving.http.routes.search import SearchRoutes
 from serving.http.routes.summarize import SummarizeRoutes
 
-GROUPS = (SummarizeRoutes, ArticleRoutes, AdminRoutes)
+GROUPS = (SummarizeRoutes, ArticleRoutes, SearchRoutes, AdminRoutes)
 
 __all__ = ["GROUPS", "ApiRoute", "RouteContext", "api_routes"]
 

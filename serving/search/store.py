@@ -1,0 +1,222 @@
+"""All SQL of search: the ranked hits of a query over the ``search_tsv`` / ``summary_tsv``
+columns of migration 007, with their highlighted snippets.
+
+One round trip per search (two when the query might have no searchable word): the matching
+articles come from the two GIN indexes (the article's words, and the summaries' words), are
+rechecked against the article's *latest* summary, filtered, scored, counted and cut to the
+page; only then is ``ts_headline`` (which re-parses the text) run, on the page's rows alone,
+over at most :data:`HEADLINE_CHARS` of each text.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+
+import asyncpg
+
+from serving.search.schemas import (
+    MARK_END,
+    MARK_START,
+    ScoreParts,
+    SearchHit,
+    SearchQuery,
+    SearchResults,
+)
+
+TS_CONFIG = "newsdesk_search"  # migration 007: English stemming over unaccent
+HEADLINE_CHARS = 20_000
+# A summary (a few sentences) is shown whole; a text by its best two passages.
+_MARKS_OPTION = f"StartSel={MARK_START}, StopSel={MARK_END}"
+SUMMARY_HEADLINE = f"{_MARKS_OPTION}, HighlightAll=true"
+TEXT_HEADLINE = (
+    f'{_MARKS_OPTION}, MaxWords=30, MinWords=12, MaxFragments=2, FragmentDelimiter=" … "'
+)
+
+# An article waiting for its summary ranks as a middle one.
+UNSUMMARIZED_IMPORTANCE = 50.0
+_MARKS = re.compile(f"([{MARK_START}{MARK_END}])")
+EMPTY_NOTE = (
+    "the query has no searchable word (only stop words such as 'the' or 'and', or "
+    "punctuation): nothing to look for"
+)
+
+_SEARCH = f"""
+WITH query AS (SELECT websearch_to_tsquery('{TS_CONFIG}', $1) AS q),
+matched AS (
+    SELECT a.id FROM articles a, query WHERE a.search_tsv @@ query.q
+    UNION
+    SELECT r.article_id FROM results r, query
+    WHERE r.summary_tsv @@ query.q AND r.status = 'ok' AND r.article_id IS NOT NULL
+),
+scored AS (
+    SELECT a.id, a.title, a.url, a.source, a.published_at, a.text,
+           r.summary, r.importance, r.topics,
+           COALESCE(r.summary_tsv @@ query.q, false) AS in_summary,
+           ts_rank_cd(a.search_tsv || COALESCE(r.summary_tsv, ''::tsvector), query.q)::float8
+               AS raw_rank,
+           GREATEST(0.0, EXTRACT(EPOCH FROM (now() - a.published_at)) / 3600.0)::float8 AS age_h
+    FROM matched m
+    JOIN articles a ON a.id = m.id
+    CROSS JOIN query
+    LEFT JOIN LATERAL (
+        SELECT summary, importance, topics, summary_tsv FROM results r
+        WHERE r.article_id = a.id AND r.status = 'ok'
+        ORDER BY r.updated_at DESC LIMIT 1
+    ) r ON true
+    WHERE a.duplicate_of IS NULL
+      AND (a.search_tsv @@ query.q OR r.summary_tsv @@ query.q)
+      AND ($2::timestamptz IS NULL OR a.published_at >= $2)
+      AND ($3::real IS NULL OR r.importance >= $3)
+      AND ($4::text IS NULL
+           OR EXISTS (SELECT 1 FROM unnest(r.topics) t WHERE lower(t) = lower($4)))
+      AND ($5::text IS NULL OR lower(COALESCE(a.source, '')) = lower($5))
+),
+factored AS (
+    SELECT s.*,
+           raw_rank / (raw_rank + 1.0) AS relevance,
+           0.5 + 0.5 * power(0.5, age_h / $8) AS recency_factor,
+           0.5 + 0.5 * COALESCE(importance, {UNSUMMARIZED_IMPORTANCE}) / 100.0
+               AS importance_factor
+    FROM scored s
+),
+page AS (
+    SELECT f.*, relevance * recency_factor * importance_factor AS score,
+           count(*) OVER () AS total
+    FROM factored f
+    ORDER BY score DESC, published_at DESC, id DESC
+    LIMIT $6 OFFSET $7
+)
+SELECT page.id, page.title, page.url, page.source, page.published_at, page.summary,
+       page.importance, page.topics, page.in_summary, page.relevance, page.recency_factor,
+       page.importance_factor, page.age_h, page.score, page.total,
+       ts_headline('{TS_CONFIG}',
+                   translate(CASE WHEN page.in_summary THEN page.summary
+                                  ELSE left(page.text, {HEADLINE_CHARS}) END,
+                             $9, ''),
+                   query.q,
+                   CASE WHEN page.in_summary THEN $10 ELSE $11 END) AS snippet
+FROM page CROSS JOIN query
+ORDER BY page.score DESC, page.published_at DESC, page.id DESC
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """A :class:`SearchQuery` resolved with the settings' ranking (the route builds it)."""
+
+    query: SearchQuery
+    half_life_h: float = 24.0
+
+
+async def has_words(db: asyncpg.Pool | asyncpg.Connection, q: str) -> bool:
+    """Whether ``q`` parses to something to look for (not only stop words or punctuation)."""
+    nodes = await db.fetchval(f"SELECT numnode(websearch_to_tsquery('{TS_CONFIG}', $1))", q)
+    return bool(nodes)
+
+
+async def search(db: asyncpg.Pool | asyncpg.Connection, request: Search) -> SearchResults:
+    """The page of hits of ``request`` (see :mod:`serving.search` for the ranking)."""
+    query = request.query
+    if not await has_words(db, query.q):
+        return SearchResults(
+            q=query.q,
+            count=0,
+            total=0,
+            offset=query.offset,
+            next_offset=None,
+            note=EMPTY_NOTE,
+            hits=[],
+        )
+    rows = await _page(db, request, limit=query.limit, offset=query.offset)
+    total = int(rows[0]["total"]) if rows else 0
+    if not rows and query.offset:
+        # past the last page: no row carries the count; count on a first page of one
+        first = await _page(db, request, limit=1, offset=0)
+        total = int(first[0]["total"]) if first else 0
+    hits = [_hit(r, request.half_life_h) for r in rows]
+    end = query.offset + len(hits)
+    return SearchResults(
+        q=query.q,
+        count=len(hits),
+        total=total,
+        offset=query.offset,
+        next_offset=end if end < total else None,
+        hits=hits,
+    )
+
+
+async def _page(
+    db: asyncpg.Pool | asyncpg.Connection, request: Search, *, limit: int, offset: int
+) -> list[asyncpg.Record]:
+    query = request.query
+    return await db.fetch(
+        _SEARCH,
+        query.q,
+        query.since,
+        query.min_importance,
+        query.topic,
+        query.source,
+        limit,
+        offset,
+        request.half_life_h,
+        MARK_START + MARK_END,
+        SUMMARY_HEADLINE,
+        TEXT_HEADLINE,
+    )
+
+
+def _hit(r: asyncpg.Record, half_life_h: float) -> SearchHit:
+    snippet, highlights, snippet_html = marked_snippet(r["snippet"] or "")
+    return SearchHit(
+        id=r["id"],
+        title=r["title"],
+        url=r["url"],
+        link=r["url"] or f"/v1/articles/{r['id']}",
+        source=r["source"],
+        published=r["published_at"],
+        summary=r["summary"],
+        importance=r["importance"],
+        topics=list(r["topics"] or []),
+        snippet=snippet,
+        snippet_from="summary" if r["in_summary"] else "text",
+        highlights=highlights,
+        snippet_html=snippet_html,
+        score=round(r["score"], 6),
+        score_parts=ScoreParts(
+            relevance=round(r["relevance"], 6),
+            recency_factor=round(r["recency_factor"], 6),
+            importance_factor=round(r["importance_factor"], 6),
+            age_h=round(r["age_h"], 3),
+            half_life_h=half_life_h,
+        ),
+    )
+
+
+def marked_snippet(marked: str) -> tuple[str, list[tuple[int, int]], str]:
+    """``ts_headline``'s output (matched words between :data:`MARK_START` and
+    :data:`MARK_END`) as plain text, the marked spans' offsets, and escaped HTML with
+    ``<mark>``."""
+    plain: list[str] = []
+    parts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    length = 0
+    start: int | None = None
+    for piece in _MARKS.split(marked):
+        if piece == MARK_START:
+            start = length
+            parts.append("<mark>")
+        elif piece == MARK_END:
+            if start is not None:
+                spans.append((start, length))
+                parts.append("</mark>")
+            start = None
+        elif piece:
+            plain.append(piece)
+            parts.append(html.escape(piece, quote=False))
+            length += len(piece)
+    if start is not None:  # an unclosed mark (ts_headline closes each): close it
+        spans.append((start, length))
+        parts.append("</mark>")
+    return "".join(plain), spans, "".join(parts)
