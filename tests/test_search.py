@@ -398,6 +398,8 @@ async def test_page_has_a_search_box_wired_to_the_api(client: httpx.AsyncClient)
     js = (await client.get(script.group(1))).text
     assert "/v1/search?" in js
     assert 'get("q")' in js and 'set("q"' in js  # the query lives in the URL (?q=)
-    assert "innerHTML" not in js  # hits are put in as text and <mark> nodes only
+    # hits go in as text nodes and <mark> elements only, never as markup
+    assert not re.search(r"\.(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write", js)
     assert "highlights" in js
+    assert "http://" not in js and "https://" not in js  # no CDN, same-origin only
     assert (WEB_DIR / "static" / "search.js").read_text(encoding="utf-8") == js

@@ -45,7 +45,9 @@
   }
 
   function writeUrl(f) {
-    const q = new URLSearchParams();
+    // the filters' own keys only: others (the search box's ?q=) stay as they are
+    const q = new URLSearchParams(location.search);
+    for (const key of ["min_importance", "topic", "source", "window"]) q.delete(key);
     if (f.min_importance > 0) q.set("min_importance", String(f.min_importance));
     if (f.topic) q.set("topic", f.topic);
     if (f.source) q.set("source", f.source);
