@@ -12,7 +12,8 @@ without a summary are hits by their own words. Copies of an article from another
 **Ranking** (computed at read time)::
 
     score = relevance x recency_factor x importance_factor
-    relevance         = rank / (rank + 1),  rank = ts_rank_cd(article || summary words, query)
+    relevance         = rank / (rank + 1)
+    rank              = ts_rank_cd(article words, query) + ts_rank_cd(summary words, query)
     recency_factor    = 0.5 + 0.5 x 0.5 ** (hours since published / api_rank_half_life_h)
     importance_factor = 0.5 + 0.5 x importance / 100      (importance 50 without a summary)
 

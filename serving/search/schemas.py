@@ -60,8 +60,8 @@ class SearchQuery(BaseModel):
 
 class ScoreParts(BaseModel):
     relevance: float = Field(
-        description="ts_rank_cd of the query over title (A), text and summary (B), "
-        "normalised to 0-1 (rank / (rank + 1))."
+        description="rank / (rank + 1), rank = ts_rank_cd over the article (title A, text B) "
+        "+ ts_rank_cd over its latest summary (B): 0-1."
     )
     recency_factor: float = Field(description="0.5 + 0.5 x 0.5 ** (age_h / half-life).")
     importance_factor: float = Field(

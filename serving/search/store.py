@@ -42,31 +42,35 @@ EMPTY_NOTE = (
     "punctuation): nothing to look for"
 )
 
-_SEARCH = f"""
-WITH query AS (SELECT websearch_to_tsquery('{TS_CONFIG}', $1) AS q),
+SEARCH_SQL = f"""
+WITH query AS MATERIALIZED (SELECT websearch_to_tsquery('{TS_CONFIG}', $1) AS q),
 matched AS (
-    SELECT a.id FROM articles a, query WHERE a.search_tsv @@ query.q
-    UNION
-    SELECT r.article_id FROM results r, query
-    WHERE r.summary_tsv @@ query.q AND r.status = 'ok' AND r.article_id IS NOT NULL
+    -- by_article: the article's own words match (exact: the bitmap heap scan rechecks)
+    SELECT id, bool_or(by_article) AS by_article FROM (
+        SELECT a.id, true AS by_article FROM articles a, query
+        WHERE a.search_tsv @@ query.q AND a.duplicate_of IS NULL
+          AND ($2::timestamptz IS NULL OR a.published_at >= $2)
+        UNION ALL
+        SELECT r.article_id, false FROM results r, query
+        WHERE r.summary_tsv @@ query.q AND r.status = 'ok' AND r.article_id IS NOT NULL
+    ) u GROUP BY id
 ),
 scored AS (
-    SELECT a.id, a.title, a.url, a.source, a.published_at, a.text,
-           r.summary, r.importance, r.topics,
-           COALESCE(r.summary_tsv @@ query.q, false) AS in_summary,
-           ts_rank_cd(a.search_tsv || COALESCE(r.summary_tsv, ''::tsvector), query.q)::float8
-               AS raw_rank,
+    SELECT a.id, a.published_at, r.result_id, r.importance,
+           (ts_rank_cd(a.search_tsv, query.q)
+            + COALESCE(ts_rank_cd(r.summary_tsv, query.q), 0))::float8 AS raw_rank,
            GREATEST(0.0, EXTRACT(EPOCH FROM (now() - a.published_at)) / 3600.0)::float8 AS age_h
     FROM matched m
     JOIN articles a ON a.id = m.id
     CROSS JOIN query
     LEFT JOIN LATERAL (
-        SELECT summary, importance, topics, summary_tsv FROM results r
+        SELECT r.id AS result_id, importance, topics, summary_tsv FROM results r
         WHERE r.article_id = a.id AND r.status = 'ok'
         ORDER BY r.updated_at DESC LIMIT 1
     ) r ON true
     WHERE a.duplicate_of IS NULL
-      AND (a.search_tsv @@ query.q OR r.summary_tsv @@ query.q)
+      -- matched by a summary alone: the article's latest summary must be the one
+      AND (m.by_article OR r.summary_tsv @@ query.q)
       AND ($2::timestamptz IS NULL OR a.published_at >= $2)
       AND ($3::real IS NULL OR r.importance >= $3)
       AND ($4::text IS NULL
@@ -87,18 +91,26 @@ page AS (
     FROM factored f
     ORDER BY score DESC, published_at DESC, id DESC
     LIMIT $6 OFFSET $7
+),
+shown AS (  -- the page's rows only: their text, summary and where the snippet comes from
+    SELECT page.*, a.title, a.url, a.source, a.text, r.summary, r.topics,
+           COALESCE(r.summary_tsv @@ query.q, false) AS in_summary
+    FROM page
+    JOIN articles a ON a.id = page.id
+    CROSS JOIN query
+    LEFT JOIN results r ON r.id = page.result_id
 )
-SELECT page.id, page.title, page.url, page.source, page.published_at, page.summary,
-       page.importance, page.topics, page.in_summary, page.relevance, page.recency_factor,
-       page.importance_factor, page.age_h, page.score, page.total,
+SELECT shown.id, shown.title, shown.url, shown.source, shown.published_at, shown.summary,
+       shown.importance, shown.topics, shown.in_summary, shown.relevance,
+       shown.recency_factor, shown.importance_factor, shown.age_h, shown.score, shown.total,
        ts_headline('{TS_CONFIG}',
-                   translate(CASE WHEN page.in_summary THEN page.summary
-                                  ELSE left(page.text, {HEADLINE_CHARS}) END,
+                   translate(CASE WHEN shown.in_summary THEN shown.summary
+                                  ELSE left(shown.text, {HEADLINE_CHARS}) END,
                              $9, ''),
                    query.q,
-                   CASE WHEN page.in_summary THEN $10 ELSE $11 END) AS snippet
-FROM page CROSS JOIN query
-ORDER BY page.score DESC, page.published_at DESC, page.id DESC
+                   CASE WHEN shown.in_summary THEN $10 ELSE $11 END) AS snippet
+FROM shown CROSS JOIN query
+ORDER BY shown.score DESC, shown.published_at DESC, shown.id DESC
 """
 
 
@@ -150,21 +162,25 @@ async def search(db: asyncpg.Pool | asyncpg.Connection, request: Search) -> Sear
 async def _page(
     db: asyncpg.Pool | asyncpg.Connection, request: Search, *, limit: int, offset: int
 ) -> list[asyncpg.Record]:
-    query = request.query
-    return await db.fetch(
-        _SEARCH,
-        query.q,
-        query.since,
-        query.min_importance,
-        query.topic,
-        query.source,
+    return await db.fetch(SEARCH_SQL, *search_args(request, limit=limit, offset=offset))
+
+
+def search_args(request: Search, *, limit: int, offset: int) -> list[object]:
+    """The parameters of :data:`SEARCH_SQL` (also for an EXPLAIN of it)."""
+    q = request.query
+    return [
+        q.q,
+        q.since,
+        q.min_importance,
+        q.topic,
+        q.source,
         limit,
         offset,
         request.half_life_h,
         MARK_START + MARK_END,
         SUMMARY_HEADLINE,
         TEXT_HEADLINE,
-    )
+    ]
 
 
 def _hit(r: asyncpg.Record, half_life_h: float) -> SearchHit:
