@@ -34,7 +34,6 @@ import re
 import statistics
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -43,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 
+from benchmarks.scratch_db import scratch_database  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
 from core import db  # noqa: E402
 from core.article import content_hash  # noqa: E402
@@ -246,34 +246,28 @@ async def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     print(f"load average before: {load_avg()}")
-    name = f"nd_bench_search_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(args.dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    settings = Settings(database_url=db.with_database(args.dsn, name))
-    pool = await db.create_pool(settings)
-    try:
-        rng = random.Random(0)
-        rows = synthetic(args.articles, sentences(Settings().resolved_state_dir()), rng)
-        loaded = await load(pool, rows)
-        store = ResultStore(pool)
-        since = datetime.now(UTC) - timedelta(hours=24)
-        baseline = await timed(
-            lambda: store.list_articles(ArticleQuery(since=since, limit=args.limit)), args.runs
-        )
-        measured = []
-        for label, q, extra in QUERIES:
-            request = Search(SearchQuery(q=q, since=since, limit=args.limit, **extra))
-            first = await search(pool, request)
-            p50, p99 = await timed(lambda r=request: search(pool, r), args.runs)
-            measured.append((label, q, first.total, p50, p99))
-        plan = await explain(pool, Search(SearchQuery(q="security council", since=since)))
-        per_config = await configs(pool, args.config_sample)
-    finally:
-        await pool.close()
-        admin = await asyncpg.connect(args.dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database(args.dsn, "nd_bench_search") as dsn:
+        pool = await db.create_pool(Settings(database_url=dsn))
+        try:
+            rng = random.Random(0)
+            rows = synthetic(args.articles, sentences(Settings().resolved_state_dir()), rng)
+            loaded = await load(pool, rows)
+            store = ResultStore(pool)
+            since = datetime.now(UTC) - timedelta(hours=24)
+            baseline = await timed(
+                lambda: store.list_articles(ArticleQuery(since=since, limit=args.limit)),
+                args.runs,
+            )
+            measured = []
+            for label, q, extra in QUERIES:
+                request = Search(SearchQuery(q=q, since=since, limit=args.limit, **extra))
+                first = await search(pool, request)
+                p50, p99 = await timed(lambda r=request: search(pool, r), args.runs)
+                measured.append((label, q, first.total, p50, p99))
+            plan = await explain(pool, Search(SearchQuery(q="security council", since=since)))
+            per_config = await configs(pool, args.config_sample)
+        finally:
+            await pool.close()
 
     print(f"\n### Load: {args.articles:,} articles over 24 h, {loaded['results']:,} summarized\n")
     plain = loaded["plain_copy_s"]

@@ -6,8 +6,11 @@ in-process backend. Ranking (each factor's effect), web-search syntax, filters, 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -403,3 +406,17 @@ async def test_page_has_a_search_box_wired_to_the_api(client: httpx.AsyncClient)
     assert "highlights" in js
     assert "http://" not in js and "https://" not in js  # no CDN, same-origin only
     assert (WEB_DIR / "static" / "search.js").read_text(encoding="utf-8") == js
+
+
+def test_search_box_behaviour_in_node() -> None:
+    """The page's real scripts over its real HTML under Node (tests/search_page_check.js: a
+    small DOM of its own and canned API replies): URL, calls, rendering, paging, errors."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    check = Path(__file__).with_name("search_page_check.js")
+    done = subprocess.run(
+        [node, str(check), str(WEB_DIR)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all checks passed" in done.stdout

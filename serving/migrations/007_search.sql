@@ -8,11 +8,14 @@
 --
 -- One text search configuration for every article, whatever its language: newsdesk_search,
 -- English (Snowball stemming, English stop words) with accents folded by unaccent first. A
--- query has no language of its own, so documents and queries must go through the same
--- configuration to meet; with one configuration a word in any Latin-script language still
--- matches itself exactly (docs/search.md: measured beside 'simple' and per-language
--- configurations). Where the unaccent extension cannot be created (a managed server without
--- it), the configuration is plain English and nothing else changes.
+-- query has no language of its own, so a document and a query must go through the same
+-- configuration to meet; per-language configurations (from articles.language) would need the
+-- query parsed once per language and matched per row's language. With one configuration a
+-- word in any language still matches itself exactly (the English stemmer leaves other words
+-- nearly as they are, the same on both sides), and English, most of the feeds, gets its
+-- plurals and tenses (docs/search.md: hits measured beside 'simple'). Where the unaccent
+-- extension cannot be created (a server without it), the configuration is plain English
+-- and nothing else changes.
 DO $$
 BEGIN
     BEGIN

@@ -4,6 +4,7 @@ OpenAPI schema and what the digest page's search box reads)."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -85,7 +86,7 @@ class SearchHit(BaseModel):
         description="A passage of the summary (when the query matches it) or of the text, "
         "plain text."
     )
-    snippet_from: str = Field(description="summary or text: where the snippet comes from.")
+    snippet_from: Literal["summary", "text"] = Field(description="Where the snippet comes from.")
     highlights: list[tuple[int, int]] = Field(
         description="[start, end) character offsets of the matched words in the snippet."
     )

@@ -32,39 +32,8 @@
     if (params.toString() !== location.search.replace(/^\?/, "")) history.pushState(null, "", url);
   }
 
-  // --- helpers (the same wording and links as digest.js) ---------------------------------
-  function el(tag, text, cls) {
-    const node = document.createElement(tag);
-    if (text !== undefined) node.textContent = text;
-    if (cls) node.className = cls;
-    return node;
-  }
-
-  function safeHref(url, fallback) {
-    if (typeof url === "string") {
-      if (/^https?:\/\//i.test(url)) return url;
-      if (url.startsWith("/") && !url.startsWith("//")) return url;
-    }
-    return fallback;
-  }
-
-  function level(importance) {
-    if (importance >= 80) return "major";
-    if (importance >= 60) return "significant";
-    if (importance >= 40) return "notable";
-    return "minor";
-  }
-
-  function ago(iso) {
-    const minutes = (Date.now() - new Date(iso).getTime()) / 60000;
-    if (minutes < 1) return "just now";
-    if (minutes < 60) return `${Math.floor(minutes)} min ago`;
-    const hours = minutes / 60;
-    if (hours < 48) return `${Math.floor(hours)} h ago`;
-    return `${Math.floor(hours / 24)} d ago`;
-  }
-
-  const fullDate = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+  // the digest's helpers (static/digest.js, loaded first): the same wording, levels and links
+  const { el, safeHref, level, ago, fullDate } = window.newsdeskPage;
 
   // The snippet as text with the matched words in <mark>: [start, end) offsets from the API.
   function markedSnippet(text, highlights) {
