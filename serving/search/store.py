@@ -1,11 +1,11 @@
 """All SQL of search: the ranked hits of a query over the ``search_tsv`` / ``summary_tsv``
 columns of migration 007, with their highlighted snippets.
 
-One round trip per search (two when the query might have no searchable word): the matching
-articles come from the two GIN indexes (the article's words, and the summaries' words), are
-rechecked against the article's *latest* summary, filtered, scored, counted and cut to the
-page; only then is ``ts_headline`` (which re-parses the text) run, on the page's rows alone,
-over at most :data:`HEADLINE_CHARS` of each text.
+One round trip per search (another when it finds nothing: was there a word to look for?):
+the matching articles come from the two GIN indexes (the article's words, and the summaries'
+words), are rechecked against the article's *latest* summary, filtered, scored, counted and
+cut to the page; only then is ``ts_headline`` (which re-parses the text) run, on the page's
+rows alone, over at most :data:`HEADLINE_CHARS` of each text.
 """
 
 from __future__ import annotations
@@ -131,7 +131,9 @@ async def has_words(db: asyncpg.Pool | asyncpg.Connection, q: str) -> bool:
 async def search(db: asyncpg.Pool | asyncpg.Connection, request: Search) -> SearchResults:
     """The page of hits of ``request`` (see :mod:`serving.search` for the ranking)."""
     query = request.query
-    if not await has_words(db, query.q):
+    rows = await _page(db, request, limit=query.limit, offset=query.offset)
+    total = int(rows[0]["total"]) if rows else 0
+    if not rows and not await has_words(db, query.q):
         return SearchResults(
             q=query.q,
             count=0,
@@ -141,8 +143,6 @@ async def search(db: asyncpg.Pool | asyncpg.Connection, request: Search) -> Sear
             note=EMPTY_NOTE,
             hits=[],
         )
-    rows = await _page(db, request, limit=query.limit, offset=query.offset)
-    total = int(rows[0]["total"]) if rows else 0
     if not rows and query.offset:
         # past the last page: no row carries the count; count on a first page of one
         first = await _page(db, request, limit=1, offset=0)

@@ -118,7 +118,7 @@
   }
 
   // shared with static/search.js (loaded after this file): one wording of times and levels
-  window.newsdeskPage = Object.freeze({ el, safeHref, level, ago, fullDate });
+  globalThis.newsdeskPage = Object.freeze({ el, safeHref, level, ago, fullDate });
 
   function showMin() {
     $("min-importance-value").textContent = fields.minImportance.value;

@@ -33,7 +33,7 @@
   }
 
   // the digest's helpers (static/digest.js, loaded first): the same wording, levels and links
-  const { el, safeHref, level, ago, fullDate } = window.newsdeskPage;
+  const { el, safeHref, level, ago, fullDate } = globalThis.newsdeskPage;
 
   // The snippet as text with the matched words in <mark>: [start, end) offsets from the API.
   function markedSnippet(text, highlights) {
