@@ -248,6 +248,17 @@ async def test_bad_queries_are_422_naming_the_field(
     assert f"query.{field}" in error["message"]
 
 
+async def test_openapi_documents_search(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    op = spec["paths"]["/v1/search"]["get"]
+    params = {p["name"]: p for p in op["parameters"]}
+    assert params["q"]["required"] is True
+    assert {"since", "min_importance", "topic", "source", "limit", "offset"} <= set(params)
+    assert "security" not in op  # public, like /v1/articles
+    assert {"200", "422"} <= set(op["responses"])
+    assert "score_parts" in spec["components"]["schemas"]["SearchHit"]["properties"]
+
+
 # --- filters and paging ----------------------------------------------------------------------
 
 
