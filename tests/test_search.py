@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -20,7 +21,8 @@ from cluster.settings import Settings
 from core.article import Article
 from serving.deployments.summarizer import Summarizer
 from serving.local import LocalBackend, local_app
-from serving.search.store import marked_snippet
+from serving.search.schemas import SearchQuery
+from serving.search.store import Search, SearchTooBroad, marked_snippet, search
 from serving.store import ResultStore
 from serving.web import WEB_DIR
 from tests.serve_support import make_result, store_articles
@@ -320,6 +322,25 @@ async def test_paging_with_offset(client: httpx.AsyncClient) -> None:
     assert [i for p in pages for i in p] == ids(everything)  # same order, no gaps or repeats
     past = await find(client, q="rail", limit=3, offset=30)
     assert past["hits"] == [] and past["total"] == 7 and past["next_offset"] is None
+
+
+async def test_a_search_past_its_time_limit_is_cancelled(pool: asyncpg.Pool) -> None:
+    feed = await pool.fetchval("INSERT INTO feeds (url) VALUES ('https://t.test/f') RETURNING id")
+    await pool.execute(
+        """
+        INSERT INTO articles (feed_id, dedup_key, title, text, content_hash, published_at)
+        SELECT $1, 'k' || i, 'Report ' || i, repeat('The council report on water prices. ', 40),
+               md5(i::text), now() - make_interval(mins => i)
+        FROM generate_series(1, 3000) i
+        """,
+        feed,
+    )
+    request = Search(SearchQuery(q="council report"), timeout_s=0.001)
+    with pytest.raises(SearchTooBroad, match="add words, a since date or a filter"):
+        await search(pool, request)
+    # cancelled in PostgreSQL, the pool's connections still serve
+    done = await search(pool, Search(SearchQuery(q="council report", limit=5)))
+    assert done.total == 3000 and done.count == 5
 
 
 # --- hits: summaries, snippets, copies ------------------------------------------------------

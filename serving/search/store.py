@@ -34,6 +34,9 @@ TEXT_HEADLINE = (
     f'{_MARKS_OPTION}, MaxWords=30, MinWords=12, MaxFragments=2, FragmentDelimiter=" … "'
 )
 
+# Every hit is scored to find the best page, so the cost grows with the hits: a word found in
+# most of months of history is cancelled after this long (the route answers 422, "narrow it").
+SEARCH_TIMEOUT_S = 10.0
 # An article waiting for its summary ranks as a middle one.
 UNSUMMARIZED_IMPORTANCE = 50.0
 _MARKS = re.compile(f"([{MARK_START}{MARK_END}])")
@@ -120,6 +123,11 @@ class Search:
 
     query: SearchQuery
     half_life_h: float = 24.0
+    timeout_s: float = SEARCH_TIMEOUT_S
+
+
+class SearchTooBroad(Exception):
+    """The search ran past its time limit (cancelled in PostgreSQL): too many hits to score."""
 
 
 async def has_words(db: asyncpg.Pool | asyncpg.Connection, q: str) -> bool:
@@ -162,7 +170,15 @@ async def search(db: asyncpg.Pool | asyncpg.Connection, request: Search) -> Sear
 async def _page(
     db: asyncpg.Pool | asyncpg.Connection, request: Search, *, limit: int, offset: int
 ) -> list[asyncpg.Record]:
-    return await db.fetch(SEARCH_SQL, *search_args(request, limit=limit, offset=offset))
+    args = search_args(request, limit=limit, offset=offset)
+    try:
+        # asyncpg cancels the statement in PostgreSQL when the time is up
+        return await db.fetch(SEARCH_SQL, *args, timeout=request.timeout_s)
+    except TimeoutError:
+        raise SearchTooBroad(
+            f"the search took over {request.timeout_s:g} s: too many articles match "
+            f"{request.query.q!r}; add words, a since date or a filter"
+        ) from None
 
 
 def search_args(request: Search, *, limit: int, offset: int) -> list[object]:

@@ -8,10 +8,11 @@ from datetime import UTC
 from starlette.requests import Request
 from starlette.responses import Response
 
+from serving.http.errors import ApiError
 from serving.http.routes.route import ERRORS, ApiRoute, RouteContext, json_response, query_of
 from serving.openapi import RouteDoc
 from serving.search.schemas import SearchQuery, SearchResults
-from serving.search.store import Search, search
+from serving.search.store import Search, SearchTooBroad, search
 
 
 class SearchRoutes:
@@ -36,7 +37,11 @@ class SearchRoutes:
                             "A page of hits (none, with a note, when the "
                             "query has only stop words).",
                         ),
-                        422: (ERRORS[422][0], "A missing, empty or over-long q; bad filters."),
+                        422: (
+                            ERRORS[422][0],
+                            "A missing, empty or over-long q; bad filters; a query matching "
+                            "so much that it ran past the time limit (query_too_broad).",
+                        ),
                         503: ERRORS[503],
                     },
                     tags=("articles",),
@@ -49,7 +54,10 @@ class SearchRoutes:
         if query.since is not None and query.since.tzinfo is None:
             query = query.model_copy(update={"since": query.since.replace(tzinfo=UTC)})
         pool = await self.ctx.backend.database()
-        results = await search(
-            pool, Search(query=query, half_life_h=self.ctx.config.rank_half_life_h)
-        )
+        try:
+            results = await search(
+                pool, Search(query=query, half_life_h=self.ctx.config.rank_half_life_h)
+            )
+        except SearchTooBroad as exc:
+            raise ApiError(422, "query_too_broad", str(exc)) from None
         return json_response(results)
