@@ -14,7 +14,8 @@
    OR, an exclusion, with a filter, no match) through ``serving.search.store.search`` (the
    route's SQL, highlighted snippets included), since = 24 h ago, limit 20: p50 and p99 over
    ``--runs`` calls each. Baseline: ``ResultStore.list_articles`` (the /v1/articles query) with
-   the same since and limit. Ratios are search / baseline.
+   the same since and limit. Timed in rounds (the baseline and every query once a round), so
+   a change of load during the run weighs on all alike. Ratios are search / baseline.
 3. ``EXPLAIN ANALYZE`` of one search: the GIN indexes at work.
 4. Configurations: hits of a few queries under 'simple', 'english' and migration 007's
    ``newsdesk_search`` (English after unaccent) over the same articles.
@@ -34,6 +35,7 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -201,17 +203,24 @@ async def load(pool: asyncpg.Pool, rows: list[dict]) -> dict[str, float]:
     }
 
 
-async def timed(call, runs: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    for _ in range(3):
-        await call()  # warm: plans, caches
-    samples = []
+async def timed(calls: dict[str, Callable[[], Awaitable[object]]], runs: int) -> dict:
+    """p50 and p99 (ms) of each call, measured in rounds (every call once per round, in
+    turn), so a change of the machine's load during the run weighs on all of them alike."""
+    for call in calls.values():
+        for _ in range(3):
+            await call()  # warm: plans, caches
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(runs):
-        started = time.perf_counter()
-        await call()
-        samples.append((time.perf_counter() - started) * 1000)
-    samples.sort()
-    p99 = samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))]
-    return statistics.median(samples), p99
+        for name, call in calls.items():
+            started = time.perf_counter()
+            await call()
+            samples[name].append((time.perf_counter() - started) * 1000)
+    out = {}
+    for name, values in samples.items():
+        values.sort()
+        p99 = values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
+        out[name] = (statistics.median(values), p99)
+    return out
 
 
 async def explain(pool: asyncpg.Pool, request: Search) -> list[str]:
@@ -254,16 +263,17 @@ async def main() -> None:
             loaded = await load(pool, rows)
             store = ResultStore(pool)
             since = datetime.now(UTC) - timedelta(hours=24)
-            baseline = await timed(
-                lambda: store.list_articles(ArticleQuery(since=since, limit=args.limit)),
-                args.runs,
-            )
-            measured = []
+            calls: dict[str, Callable[[], Awaitable[object]]] = {
+                "baseline": lambda: store.list_articles(ArticleQuery(since=since, limit=args.limit))
+            }
+            totals = {}
             for label, q, extra in QUERIES:
                 request = Search(SearchQuery(q=q, since=since, limit=args.limit, **extra))
-                first = await search(pool, request)
-                p50, p99 = await timed(lambda r=request: search(pool, r), args.runs)
-                measured.append((label, q, first.total, p50, p99))
+                totals[label] = (await search(pool, request)).total
+                calls[label] = lambda r=request: search(pool, r)
+            times = await timed(calls, args.runs)
+            baseline = times["baseline"]
+            measured = [(label, q, totals[label], *times[label]) for label, q, _ in QUERIES]
             plan = await explain(pool, Search(SearchQuery(q="security council", since=since)))
             per_config = await configs(pool, args.config_sample)
         finally:
@@ -282,7 +292,10 @@ async def main() -> None:
         print(f"| {label} | {secs:.2f} | {secs * 1000 / args.articles:.3f} | {secs / plain:.2f} |")
 
     b50, b99 = baseline
-    print(f"\n### Queries: since 24 h ago, limit {args.limit}, {args.runs} runs each\n")
+    print(
+        f"\n### Queries: since 24 h ago, limit {args.limit}, {args.runs} rounds "
+        "(each query and the baseline once a round)\n"
+    )
     print("| query | q | hits | p50 ms | p99 ms | p50 ratio | p99 ratio |")
     print("|---|---|---|---|---|---|---|")
     print(f"| /v1/articles listing (baseline) | | | {b50:.1f} | {b99:.1f} | 1.00 | 1.00 |")
