@@ -1,16 +1,14 @@
 """Search (``GET /v1/search``): real PostgreSQL with articles stored as ingestion stores them
 and Results saved as the loop saves them (no model), read through the real API app over the
 in-process backend. Ranking (each factor's effect), web-search syntax, filters, paging,
-422s, highlighting, unsummarized articles, and the digest page's search box."""
+422s, highlighting, unsummarized articles, the time limit. The page's search box:
+tests/test_search_page.py."""
 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -24,7 +22,6 @@ from serving.local import LocalBackend, local_app
 from serving.search.schemas import SearchQuery
 from serving.search.store import Search, SearchTooBroad, marked_snippet, search
 from serving.store import ResultStore
-from serving.web import WEB_DIR
 from tests.serve_support import make_result, store_articles
 
 NOW = datetime.now(UTC)
@@ -413,42 +410,3 @@ def test_marked_snippet_offsets_and_escaping() -> None:
     assert plain == "a b&c <d> e"
     assert [plain[s:e] for s, e in spans] == ["b&c", "e"]
     assert markup == "a <mark>b&amp;c</mark> &lt;d&gt; <mark>e</mark>"
-
-
-# --- the digest page's search box -----------------------------------------------------------
-
-
-async def test_page_has_a_search_box_wired_to_the_api(client: httpx.AsyncClient) -> None:
-    page = (await client.get("/")).text
-    form = re.search(r'<form[^>]*id="search"[^>]*>(.*?)</form>', page, re.S)
-    assert form is not None, "no search form on the page"
-    assert 'role="search"' in form.group(0)
-    box = re.search(r'<input[^>]*id="q"[^>]*>', form.group(1))
-    assert box is not None and 'type="search"' in box.group(0) and 'name="q"' in box.group(0)
-    assert re.search(r'<label[^>]*for="q"', form.group(1)), "the box has no label"
-    assert re.search(r"<button[^>]*type=\"submit\"", form.group(1)), "no submit button"
-    assert 'id="search-results"' in page and 'aria-live="polite"' in page
-    script = re.search(r'<script src="(/web/search\.js)"', page)
-    assert script is not None
-    js = (await client.get(script.group(1))).text
-    assert "/v1/search?" in js
-    assert 'get("q")' in js and 'set("q"' in js  # the query lives in the URL (?q=)
-    # hits go in as text nodes and <mark> elements only, never as markup
-    assert not re.search(r"\.(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write", js)
-    assert "highlights" in js
-    assert "http://" not in js and "https://" not in js  # no CDN, same-origin only
-    assert (WEB_DIR / "static" / "search.js").read_text(encoding="utf-8") == js
-
-
-def test_search_box_behaviour_in_node() -> None:
-    """The page's real scripts over its real HTML under Node (tests/search_page_check.js: a
-    small DOM of its own and canned API replies): URL, calls, rendering, paging, errors."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
-    check = Path(__file__).with_name("search_page_check.js")
-    done = subprocess.run(
-        [node, str(check), str(WEB_DIR)], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "all checks passed" in done.stdout
