@@ -117,8 +117,18 @@
     return node;
   }
 
+  // The API's JSON, or an Error with the API's message (its error body) or the status.
+  async function getJson(url, signal) {
+    const response = await fetch(url, { signal, headers: { Accept: "application/json" } });
+    const body = await response.json().catch(() => null);
+    if (!response.ok) {
+      throw new Error(body && body.error ? body.error.message : `HTTP ${response.status}`);
+    }
+    return body;
+  }
+
   // shared with static/search.js (loaded after this file): one wording of times and levels
-  globalThis.newsdeskPage = Object.freeze({ el, safeHref, level, ago, fullDate });
+  globalThis.newsdeskPage = Object.freeze({ el, safeHref, level, ago, fullDate, getJson });
 
   function showMin() {
     $("min-importance-value").textContent = fields.minImportance.value;
@@ -236,15 +246,7 @@
     const timeout = setTimeout(() => mine.abort(), 20000);
     document.body.classList.add("loading");
     try {
-      const response = await fetch(apiUrl(f), {
-        signal: mine.signal,
-        headers: { Accept: "application/json" },
-      });
-      const body = await response.json().catch(() => null);
-      if (!response.ok) {
-        const reason = body && body.error ? body.error.message : `HTTP ${response.status}`;
-        throw new Error(reason);
-      }
+      const body = await getJson(apiUrl(f), mine.signal);
       render(body, f);
       errorEl.hidden = true;
       lastOk = new Date();

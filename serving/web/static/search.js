@@ -33,7 +33,7 @@
   }
 
   // the digest's helpers (static/digest.js, loaded first): the same wording, levels and links
-  const { el, safeHref, level, ago, fullDate } = globalThis.newsdeskPage;
+  const { el, safeHref, level, ago, fullDate, getJson } = globalThis.newsdeskPage;
 
   // The snippet as text with the matched words in <mark>: [start, end) offsets from the API.
   function markedSnippet(text, highlights) {
@@ -124,15 +124,7 @@
     more.hidden = true;
     const params = new URLSearchParams({ q, limit: String(LIMIT), offset: String(offset) });
     try {
-      const response = await fetch(`/v1/search?${params}`, {
-        signal: mine.signal,
-        headers: { Accept: "application/json" },
-      });
-      const body = await response.json().catch(() => null);
-      if (!response.ok) {
-        const reason = body && body.error ? body.error.message : `HTTP ${response.status}`;
-        throw new Error(reason);
-      }
+      const body = await getJson(`/v1/search?${params}`, mine.signal);
       if (offset === 0) current = { q, next: null, shown: 0 };
       list.append(...body.hits.map((h, i) => renderHit(h, offset + i + 1)));
       current.shown = offset + body.hits.length;
