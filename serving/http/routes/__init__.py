@@ -14,10 +14,18 @@ from serving.http.routes.admin import AdminRoutes
 from serving.http.routes.articles import ArticleRoutes
 from serving.http.routes.feeds import FeedRoutes
 from serving.http.routes.route import ApiRoute, RouteContext
+from serving.http.routes.search import SearchRoutes
 from serving.http.routes.summarize import SummarizeRoutes
 from serving.http.routes.webhooks import WebhookRoutes
 
-GROUPS = (SummarizeRoutes, ArticleRoutes, AdminRoutes, FeedRoutes, WebhookRoutes)
+GROUPS = (
+    SummarizeRoutes,
+    ArticleRoutes,
+    SearchRoutes,
+    AdminRoutes,
+    FeedRoutes,
+    WebhookRoutes,
+)
 
 __all__ = ["GROUPS", "ApiRoute", "RouteContext", "api_routes"]
 

@@ -45,7 +45,9 @@
   }
 
   function writeUrl(f) {
-    const q = new URLSearchParams();
+    // the filters' own keys only: others (the search box's ?q=) stay as they are
+    const q = new URLSearchParams(location.search);
+    for (const key of ["min_importance", "topic", "source", "window"]) q.delete(key);
     if (f.min_importance > 0) q.set("min_importance", String(f.min_importance));
     if (f.topic) q.set("topic", f.topic);
     if (f.source) q.set("source", f.source);
@@ -114,6 +116,19 @@
     if (cls) node.className = cls;
     return node;
   }
+
+  // The API's JSON, or an Error with the API's message (its error body) or the status.
+  async function getJson(url, signal) {
+    const response = await fetch(url, { signal, headers: { Accept: "application/json" } });
+    const body = await response.json().catch(() => null);
+    if (!response.ok) {
+      throw new Error(body && body.error ? body.error.message : `HTTP ${response.status}`);
+    }
+    return body;
+  }
+
+  // shared with static/search.js (loaded after this file): one wording of times and levels
+  globalThis.newsdeskPage = Object.freeze({ el, safeHref, level, ago, fullDate, getJson });
 
   function showMin() {
     $("min-importance-value").textContent = fields.minImportance.value;
@@ -231,15 +246,7 @@
     const timeout = setTimeout(() => mine.abort(), 20000);
     document.body.classList.add("loading");
     try {
-      const response = await fetch(apiUrl(f), {
-        signal: mine.signal,
-        headers: { Accept: "application/json" },
-      });
-      const body = await response.json().catch(() => null);
-      if (!response.ok) {
-        const reason = body && body.error ? body.error.message : `HTTP ${response.status}`;
-        throw new Error(reason);
-      }
+      const body = await getJson(apiUrl(f), mine.signal);
       render(body, f);
       errorEl.hidden = true;
       lastOk = new Date();
