@@ -11,6 +11,13 @@ tokens each (eos suppressed on both sides so every run decodes exactly 64 tokens
    pass, the embedding prior, parsing: everything a Result needs) against the bare fp32
    transformers model's ``generate(do_sample=False)`` (its own SDPA attention, no engine code)
    on the same left-padded prompt ids, same process, same threads; the ratio engine / bare.
+   And against the runtime users would pick for speed on a CPU, OpenVINO GenAI (the fastest
+   measured here, ../shared/ANCHORS.md), when its virtualenv is installed
+   (``benchmarks/anchors/setup_openvino.sh``): same prompt ids, same threads, run after the
+   engine in a process of its own; the ratio engine / OpenVINO is the one issue 14 targets.
+   Then where the engine's time goes at each batch size: prefill, decode (the model's forward
+   vs the loop's Python per step), the rating pass, embeddings, and the rest (parsing, the
+   verifier, Result assembly).
 2. Variants at batch 8 (the engine with one option changed), and the default itself:
    articles/s, ROUGE-L F1 of their summaries against the fp32 engine's (``cpu-small-fp32``) on
    sample articles, and whether each article's result is the same alone as in the batch.
@@ -36,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
+from benchmarks.anchors.openvino import SETUP, OpenVinoAnchor  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
 from core.article import Article  # noqa: E402
 from serving.decoding import left_pad  # noqa: E402
@@ -101,6 +109,69 @@ def engine_run(engine: SummarizeEngine, articles: list[Article], new_tokens: int
     elapsed = time.perf_counter() - started
     assert len(outcomes) == len(articles)
     return elapsed
+
+
+class Breakdown:
+    """Where one ``engine.summarize`` call's time goes. Wraps the decoder's ``decode`` and the
+    scorer's ``signals`` (their own timings) and times the model's forward passes with hooks,
+    by kind: a decode step feeds one token per row, anything else is prefill or rating."""
+
+    def __init__(self, engine: SummarizeEngine) -> None:
+        self.engine = engine
+        self.reset()
+        decode, signals = engine.decoder.decode, engine.scorer.signals
+
+        def timed_decode(*args, **kwargs):  # type: ignore[no-untyped-def]
+            out = decode(*args, **kwargs)
+            self.prefill += out.prefill_s
+            self.decode += out.decode_s
+            self.rating += out.rating_s
+            self.steps += out.steps
+            return out
+
+        def timed_signals(*args, **kwargs):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            try:
+                return signals(*args, **kwargs)
+            finally:
+                self.embed += time.perf_counter() - started
+
+        engine.decoder.decode = timed_decode  # type: ignore[method-assign]
+        engine.scorer.signals = timed_signals  # type: ignore[method-assign]
+        model = engine.adapters.base
+        model.register_forward_pre_hook(self._before, with_kwargs=True)
+        model.register_forward_hook(self._after, with_kwargs=True)
+
+    def reset(self) -> None:
+        self.prefill = self.decode = self.rating = self.embed = self.decode_forward = 0.0
+        self.steps = 0
+        self._started = 0.0
+        self._is_step = False
+
+    def _before(self, module, args, kwargs):  # type: ignore[no-untyped-def]
+        ids = kwargs.get("input_ids")
+        self._is_step = ids is not None and ids.shape[1] == 1
+        self._started = time.perf_counter()
+
+    def _after(self, module, args, kwargs, output):  # type: ignore[no-untyped-def]
+        if self._is_step:
+            self.decode_forward += time.perf_counter() - self._started
+
+    def measure(self, articles: list[Article], new_tokens: int) -> dict[str, float]:
+        self.reset()
+        total = engine_run(self.engine, articles, new_tokens)
+        staged = self.prefill + self.decode + self.rating + self.embed
+        steps = max(self.steps, 1)
+        return {
+            "total_s": total,
+            "prefill_s": self.prefill,
+            "decode_s": self.decode,
+            "decode_step_ms": 1000 * self.decode / steps,
+            "python_per_step_ms": 1000 * (self.decode - self.decode_forward) / steps,
+            "rating_s": self.rating,
+            "embed_s": self.embed,
+            "rest_s": total - staged,
+        }
 
 
 def rouge_l(reference: list[str], candidate: list[str]) -> float:
@@ -184,7 +255,19 @@ def main() -> None:
     parser.add_argument("--quality-articles", type=int, default=16)
     parser.add_argument("--state-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--anchor",
+        choices=("auto", "openvino", "none"),
+        default="auto",
+        help="same-run yardstick: auto = OpenVINO GenAI when its virtualenv is installed",
+    )
     args = parser.parse_args()
+    anchor = OpenVinoAnchor() if args.anchor != "none" else None
+    if anchor is not None and not anchor.available():
+        if args.anchor == "openvino":
+            parser.error(f"OpenVINO GenAI is not installed: run {SETUP}")
+        print(f"(no OpenVINO GenAI yardstick: run {SETUP} to add it)")
+        anchor = None
 
     settings = Settings(**({"state_dir": args.state_dir} if args.state_dir else {}))
     state = settings.resolved_state_dir()
@@ -239,6 +322,47 @@ def main() -> None:
             flush=True,
         )
     del bare
+
+    if anchor is not None:
+        prompts = [
+            build_prompt(engine.tokenizer, a, profile.max_prompt_tokens).ids for a in articles
+        ]
+        ran = anchor.run(
+            engine.model_dir,
+            prompts,
+            batch_sizes,
+            new_tokens=args.new_tokens,
+            repeats=args.repeats,
+            threads=torch.get_num_threads(),
+        )
+        print(f"\n| batch | engine (art/s) | {ran.label} (art/s) | engine / OpenVINO |")
+        print("|---:|---:|---:|---:|")
+        for row in rows:
+            theirs = ran.aps[row["batch"]]
+            row["anchor_aps"] = theirs
+            row["ratio_anchor"] = row["engine_aps"] / theirs
+            print(
+                f"| {row['batch']} | {row['engine_aps']:.3f} | {theirs:.3f} "
+                f"| {row['ratio_anchor']:.2f}x |",
+                flush=True,
+            )
+
+    clock = Breakdown(engine)
+    print(
+        "\n| batch | total s | prefill s | decode s | ms/step | of it Python ms/step | rating s "
+        "| embeddings s | rest s |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        parts = clock.measure(articles[: row["batch"]], args.new_tokens)
+        row["breakdown"] = parts
+        print(
+            f"| {row['batch']} | {parts['total_s']:.2f} | {parts['prefill_s']:.2f} "
+            f"| {parts['decode_s']:.2f} | {parts['decode_step_ms']:.1f} "
+            f"| {parts['python_per_step_ms']:.1f} | {parts['rating_s']:.2f} "
+            f"| {parts['embed_s']:.2f} | {parts['rest_s']:.2f} |",
+            flush=True,
+        )
 
     variant_rows = []
     names = [] if args.variants == "none" else [v for v in args.variants.split(",") if v]
