@@ -53,17 +53,17 @@ def register(app: typer.Typer) -> None:
             [],
             "--only",
             help="Start only these components (repeatable), e.g. --only ray --only database "
-            "--only feeds --only poller for ingestion alone.",
+            "--only feeds --only poller for ingestion alone (the FeedPoller actor).",
         ),
     ) -> None:
-        """Start the local stack (Ray, PostgreSQL, feeds, the FeedPoller, the Serve app and
-        the summarization loop) until Ctrl-C."""
+        """Start the local stack (Ray, PostgreSQL, feeds, the Serve app with the summarization
+        loop, stories and feed ingestion) until Ctrl-C."""
         import logging
 
         import ray
 
         from cluster.components import Stack
-        from cluster.stack import default_components
+        from cluster.stack import default_components, optional_components
 
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
         s = settings()
@@ -78,12 +78,16 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(1)
         components = default_components(s, dashboard=dashboard)
         if only:
-            unknown = set(only) - {c.name for c in components}
+            known = components + optional_components()
+            unknown = set(only) - {c.name for c in known}
             if unknown:
-                names = ", ".join(c.name for c in components)
+                names = ", ".join(c.name for c in known)
                 err_console.print(f"[red]error:[/red] unknown component(s) {unknown}: {names}")
                 raise typer.Exit(2)
-            components = [c for c in components if c.name in only]
+            if {"poller", "serve"} <= set(only):
+                err_console.print("[red]error:[/red] serve ingests feeds already: not with poller")
+                raise typer.Exit(2)
+            components = [c for c in known if c.name in only]
         stack = Stack(s, components)
         from serving.app import fast_path_env
 
@@ -108,7 +112,7 @@ def register(app: typer.Typer) -> None:
             for name, text in stack.describe():
                 table.add_row(name, text)
             console.print(table)
-            poller = stack.ctx.values.get("poller")
+            poller = stack.ctx.values.get("poller")  # --only poller; else /v1/stats "ingestion"
             next_report = time.monotonic() + status_every
             while True:
                 time.sleep(1.0)
