@@ -114,7 +114,9 @@ class PgSessionLock:
             self.held = False
             return False
         try:
-            await asyncio.wait_for(self._conn.fetchval("SELECT 1"), self.timings.heartbeat_timeout_s)
+            await asyncio.wait_for(
+                self._conn.fetchval("SELECT 1"), self.timings.heartbeat_timeout_s
+            )
         except Exception as exc:  # a dead or hung connection: the lock may be gone
             log.warning("lock %s lost: %s: %s", self.key, type(exc).__name__, exc)
             self.held = False
@@ -124,7 +126,9 @@ class PgSessionLock:
 
     async def watch(self) -> None:
         """Return when the lock is lost (checks every ``heartbeat_s``)."""
-        while await self.check():
+        while True:
+            if not await self.check():
+                return
             await asyncio.sleep(self.timings.heartbeat_s)
 
     async def release(self) -> None:
