@@ -124,9 +124,11 @@ class FeedIngestion:
 
 
 def _node_id() -> str | None:
-    try:
-        import ray
+    import ray
 
+    if not ray.is_initialized():  # plain Python (tests): asking would start a Ray
+        return None
+    try:
         return ray.get_runtime_context().get_node_id()
     except Exception:  # not inside Ray (tests)
         return None
