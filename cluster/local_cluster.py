@@ -206,6 +206,10 @@ class RayWorker:
                 json.dumps(self.resources),
                 "--dashboard-agent-listen-port",
                 str(self.agent_port),
+                # one host: a temp dir of its own, or every raylet would bind the same unix
+                # sockets in the head's session dir
+                "--temp-dir",
+                str(self.head.dir / f"w{self.agent_port}"),
                 "--min-worker-port",
                 "0",
                 "--max-worker-port",

@@ -125,9 +125,21 @@ class Multinode:
         while port in self.agent_ports:  # a killed node's agent may not have let go yet
             port = _port(port + 1, 8519)
         self.agent_ports.append(port)
+        before = set(self.alive_nodes())
         worker = RayWorker(self.head, resources=resources, num_cpus=1, agent_port=port).start()
         self.workers[name] = worker
+
+        def joined() -> bool:
+            if worker.proc is None or worker.proc.poll() is not None:
+                raise RuntimeError(f"worker {name} exited: {worker.log_path.read_text()[-3000:]}")
+            return bool(set(self.alive_nodes()) - before)
+
+        wait_for(joined, 180, f"worker {name} joins")
         return worker
+
+    def alive_nodes(self) -> list[str]:
+        data = self.get("/api/v0/nodes?limit=100&detail=true")["data"]["result"]["result"]
+        return [n["node_id"] for n in data if n["state"] == "ALIVE"]
 
     def serve_feed(self, new: list[Item]) -> None:
         self.served.extend(new)
