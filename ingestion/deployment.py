@@ -61,9 +61,9 @@ class FeedIngestion:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        dsn = await dbmod.resolve_database_url(self.settings)
-        self._lock = PgSessionLock(dsn, INGEST_LOCK_KEY, self._timings)
         try:
+            dsn = await dbmod.resolve_database_url(self.settings)
+            self._lock = PgSessionLock(dsn, INGEST_LOCK_KEY, self._timings)
             while not self._stop.is_set():
                 self.state = "standby"
                 if not await self._lock.acquire(self.settings.poll_tick_s, self._stop):
@@ -74,7 +74,8 @@ class FeedIngestion:
                 await self._poll_while_held()
         finally:
             self.state = "stopped"
-            await self._lock.release()
+            if self._lock is not None:
+                await self._lock.release()
 
     async def _poll_while_held(self) -> None:
         assert self._lock is not None
