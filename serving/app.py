@@ -14,6 +14,11 @@ config's ``args``, validated into :class:`AppArgs`. Deployment options given in 
 ones set here, as usual in Serve; the Summarizer's ``user_config`` (batch size, batch wait,
 adapter) is the one meant to be changed live.
 
+Placement comes from the args: ``light_resources`` on every light deployment (and on what a
+caller adds through ``compose(..., services=...)``: ``cluster.app`` adds feed ingestion and
+is the import path the configs deploy), ``summarizer.num_gpus`` / ``summarizer.resources`` on
+the model replicas.
+
 No ``from __future__ import annotations`` here: Serve converts the args only when the
 builder's parameter annotation is the class itself, not a string.
 """
