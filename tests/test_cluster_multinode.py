@@ -24,6 +24,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -384,16 +385,54 @@ def test_accelerator_node_lost_under_load(multinode: Multinode) -> None:
     assert again.status_code == 200, again.text
 
 
+class Probe:
+    """GETs ``url`` every 0.5 s in a thread; counts replies by status (-1: no reply within
+    30 s, or a connection error) and the slowest one."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.codes: dict[int, int] = {}
+        self.slowest_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                code = httpx.get(self.url, timeout=30).status_code
+            except httpx.HTTPError:
+                code = -1
+            self.codes[code] = self.codes.get(code, 0) + 1
+            self.slowest_s = max(self.slowest_s, time.monotonic() - started)
+            self._stop.wait(0.5)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(timeout=40)
+        return {
+            "by_status": {str(k): v for k, v in sorted(self.codes.items())},
+            "slowest_s": round(self.slowest_s, 1),
+        }
+
+
 def test_cpu_node_lost_poller_comes_back_and_nothing_twice(multinode: Multinode) -> None:
     m = multinode
     old_a = m.alive_node("newsdesk_cpu")
     before = sql(m, "SELECT count(*) FROM articles")
+    probe = Probe(f"{m.url}/v1/articles?limit=1").start()  # a reader, every 0.5 s
     m.workers["A"].kill_raylet()
     killed_at = time.monotonic()
     m.add_worker("A2", CPU)
     new_a = wait_for(lambda: (a := m.alive_node("newsdesk_cpu")) != old_a and a, 120, "A2")
     wait_for(lambda: ready(m), 600, "/readyz after A", every_s=2)
     m.figures["cpu_kill"] = {"http_back_s": round(time.monotonic() - killed_at, 1)}
+    time.sleep(2)
+    m.figures["cpu_kill"]["reader_requests"] = probe.stop()
 
     def polling_on_a2() -> bool:
         ingestion = stats(m)["ingestion"]
