@@ -21,15 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,144 +39,29 @@ from cluster.settings import Settings
 from core import db
 from ingestion.deployment import INGEST_LOCK_KEY
 from ingestion.subscriptions import subscribe
-from tests.feedserver import FeedServer, Item, rss_document
+from tests.feedserver import FeedServer, rss_document
+from tests.multinode_support import (
+    AUTH,
+    KEY,
+    Multinode,
+    Probe,
+    feed_item,
+    port_in,
+    ready,
+    run_sql,
+    sql,
+    stats,
+    wait_for,
+)
 from tests.serve_support import SAMPLE_TEXTS
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-KEY = "multinode-key"
-AUTH = {"X-API-Key": KEY}
 TIMEOUT_S = 90.0  # summarizer_timeout_s: every /v1/summarize is answered within it
 CPU = {"newsdesk_cpu": 2}
 ACCEL = {"newsdesk_accel": 1}
 LIGHT = ("Ingress", "CacheLookup", "SummarizationLoop", "StoryAssigner", "FeedIngestion")
-
-
-def _port(low: int, high: int) -> int:
-    """A free port of this suite's range (GCS 6480-6499, dashboard 8480-8489, HTTP 8490-8499,
-    node agents 8500-8519)."""
-    for port in range(low, high + 1):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {low}-{high}")
-
-
-def _item(i: int, tag: str) -> Item:
-    title, text = SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]
-    return Item(
-        title=f"{title} ({tag})",
-        link=f"https://wire.example.com/{tag}",
-        guid=f"https://wire.example.com/{tag}",
-        description=f"<p>{text}</p>",
-        pub_date=datetime.now(UTC),
-    )
-
-
-@dataclass
-class Multinode:
-    head: RayHead
-    workers: dict[str, RayWorker]
-    url: str
-    dsn: str
-    config_path: Path
-    feeds: FeedServer
-    served: list[Item]
-    figures: dict[str, Any] = field(default_factory=dict)
-    agent_ports: list[int] = field(default_factory=list)
-
-    def get(self, path: str) -> Any:
-        r = httpx.get(
-            f"{self.head.dashboard_url}{path}",
-            headers={"Authorization": f"Bearer {self.head.token}"},
-            timeout=30,
-        )
-        r.raise_for_status()
-        return r.json()
-
-    def alive_node(self, resource: str) -> str | None:
-        """The id of the live node that has ``resource`` (the newest one if several)."""
-        data = self.get("/api/v0/nodes?limit=100&detail=true")["data"]["result"]["result"]
-        found = [
-            n["node_id"]
-            for n in data
-            if n["state"] == "ALIVE" and resource in (n.get("resources_total") or {})
-        ]
-        return found[-1] if found else None
-
-    def placement(self) -> dict[str, list[str]]:
-        """Node ids of every RUNNING replica, by deployment."""
-        apps = self.get("/api/serve/applications/")["applications"]
-        deployments = apps["newsdesk"]["deployments"]
-        return {
-            name: [r["node_id"] for r in d["replicas"] if r["state"] == "RUNNING"]
-            for name, d in deployments.items()
-        }
-
-    def add_worker(self, name: str, resources: dict[str, float]) -> RayWorker:
-        port = _port(8500, 8519)
-        while port in self.agent_ports:  # a killed node's agent may not have let go yet
-            port = _port(port + 1, 8519)
-        self.agent_ports.append(port)
-        before = set(self.alive_nodes())
-        worker = RayWorker(self.head, resources=resources, num_cpus=1, agent_port=port).start()
-        self.workers[name] = worker
-
-        def joined() -> bool:
-            if worker.proc is None or worker.proc.poll() is not None:
-                raise RuntimeError(f"worker {name} exited: {worker.log_path.read_text()[-3000:]}")
-            return bool(set(self.alive_nodes()) - before)
-
-        wait_for(joined, 180, f"worker {name} joins")
-        return worker
-
-    def alive_nodes(self) -> list[str]:
-        data = self.get("/api/v0/nodes?limit=100&detail=true")["data"]["result"]["result"]
-        return [n["node_id"] for n in data if n["state"] == "ALIVE"]
-
-    def serve_feed(self, new: list[Item]) -> None:
-        self.served.extend(new)
-        self.feeds.route("/wire.xml", body=rss_document(self.served, title="Wire"))
-
-
-async def _sql(dsn: str, query: str, *args: Any) -> Any:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetchval(query, *args)
-    finally:
-        await conn.close()
-
-
-def sql(m: Multinode, query: str, *args: Any) -> Any:
-    return asyncio.run(_sql(m.dsn, query, *args))
-
-
-def wait_for(check: Any, timeout_s: float, what: str, every_s: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (httpx.HTTPError, KeyError, OSError, asyncpg.PostgresError) as exc:
-            last = repr(exc)
-        time.sleep(every_s)
-    raise TimeoutError(f"not within {timeout_s:.0f} s: {what} (last: {last})")
-
-
-def stats(m: Multinode) -> dict[str, Any]:
-    r = httpx.get(f"{m.url}/v1/stats", headers=AUTH, timeout=30)
-    r.raise_for_status()
-    return r.json()
-
-
-def ready(m: Multinode) -> bool:
-    return httpx.get(f"{m.url}/readyz", timeout=10).status_code == 200
 
 
 async def _prepare_db(dsn: str, feed_url: str) -> None:
@@ -198,17 +79,17 @@ def multinode(
 ) -> Iterator[Multinode]:
     work = tmp_path_factory.mktemp("multinode")
     name = f"nd_multi_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_sql(pg_server_dsn, f'CREATE DATABASE "{name}"'))
+    asyncio.run(run_sql(pg_server_dsn, f'CREATE DATABASE "{name}"'))
     dsn = db.with_database(pg_server_dsn, name)
     feeds = FeedServer().start()
-    head = RayHead(num_cpus=1, gcs_port=_port(6480, 6499), dashboard_port=_port(8480, 8489))
+    head = RayHead(num_cpus=1, gcs_port=port_in(6480, 6499), dashboard_port=port_in(8480, 8489))
     m: Multinode | None = None
     try:
-        served = [_item(i, f"e2e-{i}") for i in range(4)]
+        served = [feed_item(i, f"e2e-{i}") for i in range(4)]
         feeds.route("/wire.xml", body=rss_document(served, title="Wire"))
         asyncio.run(_prepare_db(dsn, feeds.url("/wire.xml")))
         head.start()
-        http_port = _port(8490, 8499)
+        http_port = port_in(8490, 8499)
         m = Multinode(
             head, {}, f"http://127.0.0.1:{http_port}", dsn, work / "c.yaml", feeds, served
         )
@@ -228,7 +109,7 @@ def multinode(
                 worker.stop(graceful=False)
         head.stop()
         feeds.stop()
-        asyncio.run(_sql(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(run_sql(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def production_shape(dsn: str, http_port: int, state_dir: Path) -> dict[str, Any]:
@@ -355,7 +236,7 @@ def test_accelerator_node_lost_under_load(multinode: Multinode) -> None:
     m = multinode
     old_b = m.alive_node("newsdesk_accel")
     assert old_b
-    m.serve_feed([_item(i, f"during-b-{i}") for i in range(2)])  # the loop has work too
+    m.serve_feed([feed_item(i, f"during-b-{i}") for i in range(2)])  # the loop has work too
     n = 6
     replies, killed_at = asyncio.run(_load_and_kill(m, n, m.workers["B"], old_b))
     codes = [code for code, _, _ in replies]
@@ -385,41 +266,6 @@ def test_accelerator_node_lost_under_load(multinode: Multinode) -> None:
     assert again.status_code == 200, again.text
 
 
-class Probe:
-    """GETs ``url`` every 0.5 s in a thread; counts replies by status (-1: no reply within
-    30 s, or a connection error) and the slowest one."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.codes: dict[int, int] = {}
-        self.slowest_s = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> Probe:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                code = httpx.get(self.url, timeout=30).status_code
-            except httpx.HTTPError:
-                code = -1
-            self.codes[code] = self.codes.get(code, 0) + 1
-            self.slowest_s = max(self.slowest_s, time.monotonic() - started)
-            self._stop.wait(0.5)
-
-    def stop(self) -> dict[str, Any]:
-        self._stop.set()
-        self._thread.join(timeout=40)
-        return {
-            "by_status": {str(k): v for k, v in sorted(self.codes.items())},
-            "slowest_s": round(self.slowest_s, 1),
-        }
-
-
 def test_cpu_node_lost_poller_comes_back_and_nothing_twice(multinode: Multinode) -> None:
     m = multinode
     old_a = m.alive_node("newsdesk_cpu")
@@ -443,7 +289,7 @@ def test_cpu_node_lost_poller_comes_back_and_nothing_twice(multinode: Multinode)
     placed = m.placement()
     for light in LIGHT:
         assert set(placed[light]) == {new_a}, (light, placed)
-    m.serve_feed([_item(i, f"after-a-{i}") for i in range(2)])
+    m.serve_feed([feed_item(i, f"after-a-{i}") for i in range(2)])
     wait_for(lambda: sql(m, "SELECT count(*) FROM articles") == before + 2, 120, "new items stored")
     time.sleep(12)  # past the feed's interval: one more poll of everything
     # nothing twice: one row per item the feed ever served
