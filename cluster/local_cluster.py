@@ -1,6 +1,8 @@
 """A private, throwaway Ray cluster on this machine: ``RayHead`` runs ``ray start --head
 --block`` on free ports with token auth and stops only the processes it started (never
-``ray stop``, which would stop every Ray on the machine).
+``ray stop``, which would stop every Ray on the machine). ``RayWorker`` joins it as another
+node (a separate raylet with custom resources of its own), which a test can kill alone:
+several nodes on one machine stand in for a multi-node cluster.
 
 It backs whatever needs a real head to ``serve deploy`` to (the system tests and
 ``benchmarks/bench_serve.py``) without touching a Ray someone else runs here.
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+RAY_SIGTERM_WAIT_S = 45
+
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
@@ -38,12 +42,19 @@ class RayHead:
     """A private Ray head: ``start()`` it, ``serve(...)`` against its dashboard with its token,
     ``stop()`` it (its own process group only)."""
 
-    def __init__(self, *, num_cpus: int = 2, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        num_cpus: int = 2,
+        env: dict[str, str] | None = None,
+        gcs_port: int | None = None,
+        dashboard_port: int | None = None,
+    ) -> None:
         self.bin = Path(sys.executable).parent
         # short: Ray puts unix sockets under it (path length limit ~107)
         self.dir = Path(tempfile.mkdtemp(prefix="ndray-", dir="/tmp"))
-        self.gcs_port = free_port()
-        self.dashboard_port = free_port()
+        self.gcs_port = gcs_port or free_port()
+        self.dashboard_port = dashboard_port or free_port()
         self.num_cpus = num_cpus
         self.token = secrets.token_hex(16)
         self.env = {
@@ -59,6 +70,11 @@ class RayHead:
     @property
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def address(self) -> str:
+        """The GCS address worker nodes join (``ray start --address``)."""
+        return f"127.0.0.1:{self.gcs_port}"
 
     def start(self, timeout_s: float = 180) -> RayHead:
         log = (self.dir / "ray-start.log").open("wb")
@@ -136,7 +152,7 @@ class RayHead:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # graceful: Ray drains, then stops its children
             try:
-                self.proc.wait(timeout=45)
+                self.proc.wait(timeout=RAY_SIGTERM_WAIT_S)
             except subprocess.TimeoutExpired:
                 pass
         try:
@@ -150,3 +166,127 @@ class RayHead:
         haproxy = self.env.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "")
         if haproxy.startswith("/tmp/ndhp-"):  # made by serving.app.fast_path_env for us
             shutil.rmtree(haproxy, ignore_errors=True)
+
+
+class RayWorker:
+    """A worker node of a :class:`RayHead`'s cluster: ``ray start --address ... --block`` with
+    its own custom resources, in a process group of its own. ``kill_raylet()`` is a node
+    failure (its raylet gone without a goodbye; the workers on it die with it)."""
+
+    def __init__(
+        self,
+        head: RayHead,
+        *,
+        resources: dict[str, float],
+        num_cpus: int = 1,
+        agent_port: int | None = None,
+    ) -> None:
+        self.head = head
+        self.resources = resources
+        self.num_cpus = num_cpus
+        # one machine, several nodes: the agent's HTTP port (default 52365) must differ
+        self.agent_port = agent_port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = head.dir / f"worker-{self.agent_port}.log"
+
+    def start(self) -> RayWorker:
+        import json
+
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                str(self.head.bin / "ray"),
+                "start",
+                "--address",
+                self.head.address,
+                "--block",
+                "--num-cpus",
+                str(self.num_cpus),
+                "--resources",
+                json.dumps(self.resources),
+                "--dashboard-agent-listen-port",
+                str(self.agent_port),
+                # one host: a temp dir of its own, or every raylet would bind the same unix
+                # sockets in the head's session dir
+                "--temp-dir",
+                str(self.head.dir / f"w{self.agent_port}"),
+                "--min-worker-port",
+                "0",
+                "--max-worker-port",
+                "0",
+                "--disable-usage-stats",
+            ],
+            env=self.head.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def raylet_pid(self) -> int | None:
+        """The pid of this node's raylet (a process of this worker's group named raylet)."""
+        if self.proc is None:
+            return None
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if (entry / "comm").read_text().strip() != "raylet":
+                    continue
+                if os.getpgid(int(entry.name)) == self.proc.pid:
+                    return int(entry.name)
+            except (OSError, ProcessLookupError):
+                continue
+        return None
+
+    def kill_raylet(self) -> None:
+        """A node failure: SIGKILL the raylet, then every process it started (the replicas'
+        workers) and the rest of this node's group, as if the machine had gone."""
+        pid = self.raylet_pid()
+        if pid is None:
+            raise RuntimeError(f"no raylet in this worker's group: {self.log_path.read_text()}")
+        children = _descendants(pid)
+        os.kill(pid, signal.SIGKILL)
+        for child in children:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.stop(graceful=False)
+
+    def stop(self, graceful: bool = True) -> None:
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        if graceful and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=RAY_SIGTERM_WAIT_S)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (read from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

@@ -1,9 +1,10 @@
 """The Serve application as a component of the local stack (``newsdesk up``).
 
 Starts Serve's HTTP proxy on ``serve_host:serve_port`` in the stack's Ray and runs
-``serving.app`` (Ingress -> CacheLookup -> Summarizer, plus the summarization loop when
-``summarize_loop_enabled`` and beside it the story assigner when ``stories_enabled``) on the
-stack's database; stops it before Ray goes down.
+``cluster.app``, the assembly ``serve deploy`` runs on a cluster (Ingress -> CacheLookup ->
+Summarizer, the summarization loop when ``summarize_loop_enabled`` and beside it the story
+assigner when ``stories_enabled``, and feed ingestion) on the stack's database; stops it
+before Ray goes down.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ class ServeAppComponent:
     def start(self, ctx: StackContext) -> None:
         from ray import serve
 
-        from serving.app import AppArgs, compose
+        from cluster.app import NewsdeskArgs, compose
 
         s = ctx.settings
         serve.start(http_options={"host": s.serve_host, "port": s.serve_port})
-        # the stack's settings are the app's (profile, loop, database...); args only add
-        # that one replica scheduled as 1 CPU uses every core of this machine for torch
-        args = AppArgs(engine_threads=s.engine_threads or os.cpu_count() or 1)
+        # the stack's settings are the app's (profile, loop, database, feeds...); args only
+        # add that one replica scheduled as 1 CPU uses every core of this machine for torch
+        args = NewsdeskArgs(engine_threads=s.engine_threads or os.cpu_count() or 1)
         serve.run(compose(args, s), name=APP_NAME, route_prefix="/")
         self.url = f"http://{s.serve_host}:{s.serve_port}"
         ctx.values["serve_url"] = self.url
@@ -54,5 +55,6 @@ class ServeAppComponent:
             f"Serve app {APP_NAME!r} ({s.model_profile}): digest page {self.url}/ ; "
             f"API POST {self.url}/v1/summarize, GET {self.url}/v1/stories, "
             f"GET {self.url}/v1/articles, {self.url}/readyz, "
-            f"{self.url}/v1/stats, {self.url}/openapi.json; summarization loop {loop}"
+            f"{self.url}/v1/stats, {self.url}/openapi.json; summarization loop {loop}; "
+            "feed ingestion (FeedIngestion, one poller per database)"
         )

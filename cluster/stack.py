@@ -8,8 +8,10 @@ the Serve application after the poller):
 
 What runs by default: Ray (a local head in this process via ``ray.init``, which picks free
 ports, never Redis's 6379; or the cluster at ``NEWSDESK_RAY_ADDRESS``), PostgreSQL (embedded
-unless ``NEWSDESK_DATABASE_URL``), the feeds of ``configs/feeds.yaml``, the ``FeedPoller``
-actor. Components share what they set up through ``StackContext``.
+unless ``NEWSDESK_DATABASE_URL``), the feeds of ``configs/feeds.yaml``, then the Serve app
+with feed ingestion in it (``cluster.serve_app``). The ``FeedPoller`` actor alone is an
+optional component (``--only ... --only poller``: ingestion without the model).
+Components share what they set up through ``StackContext``.
 """
 
 from __future__ import annotations
@@ -197,7 +199,8 @@ class PollerComponent:
 
 
 def default_components(settings: Settings, *, dashboard: bool = True) -> list[Component]:
-    """Stage 1 of ``make run``: ingestion. Later stages append their components."""
+    """What ``make run`` starts. Feed ingestion is part of the Serve app (``cluster.app``, the
+    assembly ``serve deploy`` runs on a cluster), not a component of its own."""
     from cluster.sample_data import SampleFeedsComponent
     from cluster.serve_app import ServeAppComponent
 
@@ -206,6 +209,12 @@ def default_components(settings: Settings, *, dashboard: bool = True) -> list[Co
         DatabaseComponent(),
         FeedsComponent(),
         SampleFeedsComponent(),  # NEWSDESK_SAMPLE_FEEDS: real ABC text, offline (product)
-        PollerComponent(),
-        ServeAppComponent(),  # the Serve app + summarization loop + story assigner (serving)
+        ServeAppComponent(),  # the whole app: serving, the loop, stories and feed ingestion
     ]
+
+
+def optional_components() -> list[Component]:
+    """Components ``newsdesk up --only`` may name beyond the default ones: ``poller`` (the
+    FeedPoller actor alone: ingestion without the model, never beside ``serve``, which
+    already ingests)."""
+    return [PollerComponent()]

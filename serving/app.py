@@ -15,6 +15,11 @@ config's ``args``, validated into :class:`AppArgs`. Deployment options given in 
 ones set here, as usual in Serve; the Summarizer's ``user_config`` (batch size, batch wait,
 adapter) is the one meant to be changed live.
 
+Placement comes from the args: ``light_resources`` on every light deployment (and on what a
+caller adds through ``compose(..., services=...)``: ``cluster.app`` adds feed ingestion and
+is the import path the configs deploy), ``summarizer.num_gpus`` / ``summarizer.resources`` on
+the model replicas.
+
 No ``from __future__ import annotations`` here: Serve converts the args only when the
 builder's parameter annotation is the class itself, not a string.
 """
@@ -115,6 +120,11 @@ class SummarizerOptions(BaseModel):
         description="Per replica; default from the profile: its tensor-parallel size on CUDA, "
         "else 0.",
     )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per replica: what pins replicas to the accelerator "
+        "nodes where GPUs are not the marker (e.g. {newsdesk_accel: 1}, a stand-in).",
+    )
     user_config: SummarizerConfig = Field(default_factory=SummarizerConfig)
 
     @model_validator(mode="after")
@@ -151,6 +161,12 @@ class AppArgs(BaseModel):
     )
     summarizer: SummarizerOptions = Field(default_factory=SummarizerOptions)
     cache_lookup_replicas: int = Field(default=1, ge=1)
+    light_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each replica of a light deployment (Ingress, "
+        "CacheLookup, the loop, the story assigner, and whatever a caller adds) asks for: "
+        "what places them on the CPU workers (e.g. {newsdesk_cpu: 0.25}); empty: anywhere.",
+    )
     ingress_replicas: int = Field(default=1, ge=1)
     summarize_loop: bool | None = Field(
         default=None,
@@ -212,7 +228,16 @@ def summarizer_actor_options(profile: ModelProfile, options: SummarizerOptions) 
     actor_options: dict[str, Any] = {"num_cpus": cpus}
     if gpus:
         actor_options["num_gpus"] = gpus
+    if options.resources:
+        actor_options["resources"] = dict(options.resources)
     return actor_options
+
+
+def light_actor_options(args: AppArgs) -> dict[str, Any]:
+    """``ray_actor_options`` of a light deployment's replica: no CPU, ``light_resources``."""
+    if not args.light_resources:
+        return dict(LIGHT_ACTOR_OPTIONS)
+    return {**LIGHT_ACTOR_OPTIONS, "resources": dict(args.light_resources)}
 
 
 def build_app(args: AppArgs) -> Application:
@@ -222,12 +247,22 @@ def build_app(args: AppArgs) -> Application:
     return compose(args)
 
 
-def compose(args: AppArgs, settings: ServingSettings | None = None) -> Application:
+def compose(
+    args: AppArgs,
+    settings: ServingSettings | None = None,
+    services: dict[str, Any] | None = None,
+) -> Application:
     """Ingress -> CacheLookup -> Summarizer (+ the summarization loop and, with
     ``stories_enabled``, the story assigner), on ``settings`` (default: the environment's)
     with ``args``' overrides. The model profile is parsed here, once, and the Summarizer gets
-    the parsed ModelProfile."""
+    the parsed ModelProfile.
+
+    ``services``: other bound deployments of the same application, by name (a layer above
+    adds them: ``cluster.app`` adds feed ingestion, which serving may not import). They are
+    bound to the Ingress, which is how Serve deploys them with the app, and ``/v1/stats``
+    shows their ``status()``."""
     settings = args.apply_to(settings)
+    light = light_actor_options(args)
     profile = load_profile(settings.model_profile)
     opts = args.summarizer
     batch = opts.user_config.max_batch_size
@@ -243,7 +278,8 @@ def compose(args: AppArgs, settings: ServingSettings | None = None) -> Applicati
         max_ongoing_requests=opts.max_ongoing_requests or 2 * batch,
         max_queued_requests=opts.max_queued_requests,
         ray_actor_options=summarizer_actor_options(profile, opts),
-        user_config=opts.user_config.model_dump(),
+        # `adapter` only when given: left out, the replica serves the promoted one
+        user_config=opts.user_config.model_dump(exclude=_unset_adapter(opts.user_config)),
         # loading a model takes a while on 2 cores; a slow health check must not kill it
         health_check_timeout_s=60,
         graceful_shutdown_timeout_s=60,
@@ -251,7 +287,7 @@ def compose(args: AppArgs, settings: ServingSettings | None = None) -> Applicati
     lookup = CacheLookupDeployment.options(
         num_replicas=args.cache_lookup_replicas,
         max_ongoing_requests=LIGHT_MAX_ONGOING,
-        ray_actor_options=LIGHT_ACTOR_OPTIONS,
+        ray_actor_options=light,
     ).bind(summarizer, settings)
     loop = None
     if settings.summarize_loop_enabled:
@@ -260,20 +296,24 @@ def compose(args: AppArgs, settings: ServingSettings | None = None) -> Applicati
             webhooks = None
             if settings.webhooks_enabled:  # webhook events come from stories
                 webhooks = WebhookDispatcherDeployment.options(
-                    max_ongoing_requests=LIGHT_MAX_ONGOING, ray_actor_options=LIGHT_ACTOR_OPTIONS
+                    max_ongoing_requests=LIGHT_MAX_ONGOING, ray_actor_options=light
                 ).bind(settings)
             stories = StoryAssignerDeployment.options(
                 num_replicas=1,
                 max_ongoing_requests=LIGHT_MAX_ONGOING,
-                ray_actor_options=LIGHT_ACTOR_OPTIONS,
+                ray_actor_options=light,
             ).bind(settings, webhooks)
         loop = SummarizationLoopDeployment.options(
             num_replicas=1,
             max_ongoing_requests=LIGHT_MAX_ONGOING,
-            ray_actor_options=LIGHT_ACTOR_OPTIONS,
+            ray_actor_options=light,
         ).bind(lookup, summarizer, settings, stories)
     return IngressDeployment.options(
         num_replicas=args.ingress_replicas,
         max_ongoing_requests=LIGHT_MAX_ONGOING,
-        ray_actor_options=LIGHT_ACTOR_OPTIONS,
-    ).bind(lookup, summarizer, settings, loop)
+        ray_actor_options=light,
+    ).bind(lookup, summarizer, settings, loop, services)
+
+
+def _unset_adapter(config: SummarizerConfig) -> set[str] | None:
+    return None if "adapter" in config.model_fields_set else {"adapter"}

@@ -150,22 +150,17 @@ def _launcher_nodes() -> dict[str, dict[str, float]]:
 
 def test_embedded_serve_config_builds_and_fits_both_clusters(rayservice: dict[str, Any]) -> None:
     demands = _demands(yaml.safe_load(rayservice["spec"]["serveConfigV2"]))
-    assert set(demands) == {
+    light_parts = (
         "Ingress",
         "CacheLookup",
-        "Summarizer",
         "SummarizationLoop",
         "StoryAssigner",
+        "FeedIngestion",
         "WebhookDispatcher",
-    }
+    )
+    assert set(demands) == {"Summarizer", *light_parts}
     assert demands["Summarizer"]["GPU"] == 1  # one H100 per model replica
-    for light in (
-        "Ingress",
-        "CacheLookup",
-        "SummarizationLoop",
-        "StoryAssigner",
-        "WebhookDispatcher",
-    ):
+    for light in light_parts:
         assert demands[light]["GPU"] == 0 and demands[light].get("newsdesk_cpu", 0) > 0
     for cluster_name, nodes in (
         ("kuberay", _kuberay_nodes(rayservice)),

@@ -14,12 +14,20 @@ from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve._private.build_app import build_app as serve_build_app
 from ray.serve.schema import ServeDeploySchema
 
+from cluster.app import NewsdeskArgs
 from serving.app import AppArgs, SummarizerOptions, compose
 from serving.deployments.summarizer import SummarizerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"local": ROOT / "serve_config.yaml", "gpu": ROOT / "cluster" / "serve_config.gpu.yaml"}
-LIGHT = ("Ingress", "CacheLookup", "SummarizationLoop", "StoryAssigner", "WebhookDispatcher")
+LIGHT = (
+    "Ingress",
+    "CacheLookup",
+    "SummarizationLoop",
+    "StoryAssigner",
+    "WebhookDispatcher",
+    "FeedIngestion",
+)
 EXPECTED = {"Summarizer", *LIGHT}
 
 
@@ -55,7 +63,7 @@ def _built(config_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 @pytest.mark.parametrize("which", sorted(CONFIGS))
 def test_config_builds_the_whole_application(which: str) -> None:
     app, deployments = _built(CONFIGS[which])
-    assert app["import_path"] == "serving.app:build_app"
+    assert app["import_path"] == "cluster.app:build_app"  # the whole system, ingestion too
     assert "working_dir" not in (app.get("runtime_env") or {})  # Ray 2.60: remote URIs only
     assert set(deployments) == EXPECTED
     summarizer = deployments["Summarizer"]
@@ -64,7 +72,10 @@ def test_config_builds_the_whole_application(which: str) -> None:
     assert summarizer["max_ongoing_requests"] >= user_config.max_batch_size
     for light in LIGHT:
         assert deployments[light]["ray_actor_options"]["num_cpus"] == 0
+    for light in LIGHT[:-1]:  # FeedIngestion takes no requests but status()
         assert deployments[light]["max_ongoing_requests"] >= 100
+    # `adapter` left out: replicas serve the profile's promoted adapter (kept on redeploy)
+    assert "adapter" not in summarizer["user_config"]
 
 
 def test_local_config_fits_this_machine() -> None:
@@ -74,12 +85,12 @@ def test_local_config_fits_this_machine() -> None:
     summarizer = deployments["Summarizer"]
     assert summarizer["ray_actor_options"] == {"num_cpus": 1}  # no GPU asked for
     assert summarizer["num_replicas"] == 1
-    assert AppArgs.model_validate(app["args"]).profile == "cpu-small"
+    assert NewsdeskArgs.model_validate(app["args"]).profile == "cpu-small"
 
 
 def test_gpu_config_asks_for_gpus_autoscaling_and_redis() -> None:
     app, deployments = _built(CONFIGS["gpu"])
-    args = AppArgs.model_validate(app["args"])
+    args = NewsdeskArgs.model_validate(app["args"])
     assert args.profile == "gpu-7b"
     assert args.redis_url and args.redis_url.startswith("redis://")
     assert args.database_url is None and args.api_key is None  # secrets: from the environment
@@ -124,3 +135,28 @@ def test_story_assigner_runs_beside_the_loop_when_stories_are_enabled() -> None:
     assert "StoryAssigner" in no_hooks and "WebhookDispatcher" not in no_hooks
     no_loop = names(AppArgs(summarize_loop=False, settings={"stories_enabled": True}))
     assert not {"SummarizationLoop", "StoryAssigner", "WebhookDispatcher"} & no_loop
+
+
+def test_placement_comes_from_the_args() -> None:
+    """light_resources on every light part, feed ingestion included; the Summarizer's own
+    resources (a stand-in accelerator) beside its CPUs; an explicit adapter stays a pin."""
+    from cluster.app import compose as compose_all
+
+    args = NewsdeskArgs(
+        profile="cpu-small",
+        summarize_loop=True,
+        light_resources={"newsdesk_cpu": 0.25},
+        summarizer=SummarizerOptions(
+            resources={"newsdesk_accel": 1}, user_config=SummarizerConfig(adapter=None)
+        ),
+    )
+    built = {d.name: d for d in serve_build_app(compose_all(args), name="t").deployments}
+    assert set(built) >= EXPECTED
+    for light in LIGHT:
+        assert built[light].ray_actor_options["resources"] == {"newsdesk_cpu": 0.25}, light
+    summarizer = built["Summarizer"]
+    assert summarizer.ray_actor_options == {"num_cpus": 1.0, "resources": {"newsdesk_accel": 1}}
+    assert summarizer.user_config["adapter"] is None  # given explicitly: pins the bare base
+    off = NewsdeskArgs(profile="cpu-small", ingestion={"enabled": False})
+    names = {d.name for d in serve_build_app(compose_all(off), name="t").deployments}
+    assert "FeedIngestion" not in names

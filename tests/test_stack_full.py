@@ -1,8 +1,8 @@
 """`newsdesk up` as users run it (the README's main job): the whole stack in one process on
-the embedded defaults' path (sample feeds of real ABC articles over file:// URLs, the
-FeedPoller, the Serve app with the real default model, the summarization loop and the story
-assigner), observed from outside over HTTP and through `newsdesk status`, then stopped by
-`newsdesk down`.
+the embedded defaults' path (sample feeds of real ABC articles over file:// URLs, the Serve
+app with the real default model, the summarization loop, the story assigner and feed
+ingestion, as ``serve deploy`` runs it on a cluster), observed from outside over HTTP and
+through `newsdesk status`, then stopped by `newsdesk down`.
 
 Only the database is a test one (a fresh PostgreSQL database instead of the embedded server)
 and the state dir is the session's shared one (the converted model is reused).

@@ -3,8 +3,9 @@
 Every fine-tuning run is a row of ``training_runs`` (config, data, metrics, report, adapter
 path, status), created when the run starts and finished when it ends. Promotion appends a row
 to ``adapter_promotions``; a profile serves the adapter of its latest promotion (none: the bare
-base model). The Serve app learns about a promotion through its ``user_config``:
-:func:`promoted_adapter` is what it reads, :func:`push_to_serve` updates a running app.
+base model). A Summarizer replica reads the current promotion when it starts or is
+reconfigured (``serving.promotions``, where the query lives: serving reads these tables
+without importing train; re-exported here), and :func:`push_to_serve` updates a running app.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+
+from serving.promotions import Promotion, current_promotions, promoted_adapter
 
 
 class RegistryError(LookupError):
@@ -39,20 +42,6 @@ class Run:
     started_at: datetime
     finished_at: datetime | None
     promoted: bool = False
-
-
-@dataclass(frozen=True)
-class Promotion:
-    profile: str
-    run_id: int | None
-    run_name: str | None
-    adapter_path: str | None
-    promoted_at: datetime
-
-    @property
-    def adapter_id(self) -> str | None:
-        """What the engine reports as ``adapter_id``: ``<run name>#<run id>``."""
-        return f"{self.run_name}#{self.run_id}" if self.run_id is not None else None
 
 
 def _json(value: Any) -> str:
@@ -220,35 +209,6 @@ async def promote(
     current = await promoted_adapter(conn, profile)
     assert current is not None
     return current
-
-
-_PROMOTION_SQL = """
-SELECT DISTINCT ON (p.profile) p.profile, p.run_id, p.promoted_at, r.name, r.adapter_path
-FROM adapter_promotions p LEFT JOIN training_runs r ON r.id = p.run_id
-WHERE ($1::text IS NULL OR p.profile = $1)
-ORDER BY p.profile, p.id DESC
-"""
-
-
-async def current_promotions(conn: asyncpg.Connection | asyncpg.Pool) -> list[Promotion]:
-    rows = await conn.fetch(_PROMOTION_SQL, None)
-    return [
-        Promotion(r["profile"], r["run_id"], r["name"], r["adapter_path"], r["promoted_at"])
-        for r in rows
-    ]
-
-
-async def promoted_adapter(
-    conn: asyncpg.Connection | asyncpg.Pool, profile: str
-) -> Promotion | None:
-    """The profile's latest promotion (its ``adapter_path`` is None for the bare base), or
-    None when nothing was ever promoted for it."""
-    row = await conn.fetchrow(_PROMOTION_SQL, profile)
-    if row is None:
-        return None
-    return Promotion(
-        row["profile"], row["run_id"], row["name"], row["adapter_path"], row["promoted_at"]
-    )
 
 
 def serve_user_config_patch(promotion: Promotion | None) -> dict[str, Any]:

@@ -101,7 +101,8 @@ def register(app: typer.Typer) -> None:
         serve_url: str | None = typer.Option(
             None,
             help="Also push it to a running Serve app now (its dashboard/REST address, e.g. "
-            "http://127.0.0.1:8265); otherwise the app picks it up on its next registry poll.",
+            "http://127.0.0.1:8265); otherwise replicas serve it when they next start or a "
+            "deploy changes their user_config (a pinned `adapter` there wins).",
         ),
     ) -> None:
         """Make a finished run's adapter the one its profile serves."""

@@ -40,6 +40,31 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _poller_line(poller: object, serve_url: str | None, s: Settings) -> str | None:
+    """One line of poller status: from the FeedPoller actor, or from the Serve app's
+    ``/v1/stats`` (its FeedIngestion deployment); None when neither runs."""
+    if poller is not None:
+        import ray
+
+        st = ray.get(poller.status.remote(), timeout=10)  # type: ignore[attr-defined]
+    elif serve_url:
+        import httpx
+
+        key = s.api_key.get_secret_value() if s.api_key else ""
+        stats = httpx.get(f"{serve_url}/v1/stats", headers={"X-API-Key": key}, timeout=10)
+        st = (stats.json().get("ingestion") or {}).get("poller")
+        if not st:  # this replica is the standby, or ingestion is still connecting
+            return None
+    else:
+        return None
+    t = st["totals"]
+    return (
+        f"poller: {st['polls']} polls, {t['feeds_ok']} ok, "
+        f"{t['feeds_not_modified']} not modified, {t['feeds_failed']} failed; "
+        f"{t['articles_new']} new articles; database {st['database']}"
+    )
+
+
 def register(app: typer.Typer) -> None:
     @app.command("up")
     def up(
@@ -53,17 +78,15 @@ def register(app: typer.Typer) -> None:
             [],
             "--only",
             help="Start only these components (repeatable), e.g. --only ray --only database "
-            "--only feeds --only poller for ingestion alone.",
+            "--only feeds --only poller for ingestion alone (the FeedPoller actor).",
         ),
     ) -> None:
-        """Start the local stack (Ray, PostgreSQL, feeds, the FeedPoller, the Serve app and
-        the summarization loop) until Ctrl-C."""
+        """Start the local stack (Ray, PostgreSQL, feeds, the Serve app with the summarization
+        loop, stories and feed ingestion) until Ctrl-C."""
         import logging
 
-        import ray
-
         from cluster.components import Stack
-        from cluster.stack import default_components
+        from cluster.stack import default_components, optional_components
 
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
         s = settings()
@@ -78,12 +101,16 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(1)
         components = default_components(s, dashboard=dashboard)
         if only:
-            unknown = set(only) - {c.name for c in components}
+            known = components + optional_components()
+            unknown = set(only) - {c.name for c in known}
             if unknown:
-                names = ", ".join(c.name for c in components)
+                names = ", ".join(c.name for c in known)
                 err_console.print(f"[red]error:[/red] unknown component(s) {unknown}: {names}")
                 raise typer.Exit(2)
-            components = [c for c in components if c.name in only]
+            if {"poller", "serve"} <= set(only):
+                err_console.print("[red]error:[/red] serve ingests feeds already: not with poller")
+                raise typer.Exit(2)
+            components = [c for c in known if c.name in only]
         stack = Stack(s, components)
         from serving.app import fast_path_env
 
@@ -108,22 +135,19 @@ def register(app: typer.Typer) -> None:
             for name, text in stack.describe():
                 table.add_row(name, text)
             console.print(table)
-            poller = stack.ctx.values.get("poller")
+            poller = stack.ctx.values.get("poller")  # --only poller
+            serve_url = stack.ctx.values.get("serve_url")  # else the app's FeedIngestion
             next_report = time.monotonic() + status_every
             while True:
                 time.sleep(1.0)
-                if poller is not None and status_every > 0 and time.monotonic() >= next_report:
+                if status_every > 0 and time.monotonic() >= next_report:
                     next_report = time.monotonic() + status_every
                     try:
-                        st = ray.get(poller.status.remote(), timeout=10)
-                        t = st["totals"]
-                        console.print(
-                            f"poller: {st['polls']} polls, {t['feeds_ok']} ok, "
-                            f"{t['feeds_not_modified']} not modified, {t['feeds_failed']} failed; "
-                            f"{t['articles_new']} new articles; database {st['database']}"
-                        )
+                        line = _poller_line(poller, serve_url, s)
                     except Exception as exc:
-                        console.print(f"poller status unavailable: {exc}")
+                        line = f"poller status unavailable: {type(exc).__name__}: {exc}"
+                    if line:
+                        console.print(line)
         except KeyboardInterrupt:
             console.print("stopping...")
         finally:

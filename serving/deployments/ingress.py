@@ -48,10 +48,12 @@ class ServeBackend:
         summarizer: DeploymentHandle,
         settings: ServingSettings,
         loop: DeploymentHandle | None = None,
+        services: dict[str, DeploymentHandle] | None = None,
     ) -> None:
         self._lookup = cache_lookup
         self._summarizer = summarizer
         self._loop = loop
+        self._services = dict(services or {})  # other deployments of the app (status only)
         self._settings = settings
         self._store = StoreHandle(settings)
         self._near = NearCache(
@@ -148,11 +150,12 @@ class ServeBackend:
                 return {"error": self._store.error}
             return await ask(store.rates())
 
-        lookup, summarizer, throughput, loop = await asyncio.gather(
+        lookup, summarizer, throughput, loop, *services = await asyncio.gather(
             ask(self._lookup.stats.remote()),
             ask(self._summarizer.info.remote()),
             rates(),
             ask(self._loop.status.remote()) if self._loop is not None else _none(),
+            *(ask(handle.status.remote()) for handle in self._services.values()),
         )
         return {
             "ingress_cache": self._near.stats(),
@@ -160,6 +163,7 @@ class ServeBackend:
             "summarizer": summarizer,
             "throughput": throughput,
             "summarization_loop": loop,
+            **dict(zip(self._services, services, strict=True)),
             "note": "ingress, lookup and summarizer figures are from the replicas that answered",
         }
 
@@ -176,8 +180,9 @@ class Ingress:
         summarizer: DeploymentHandle,
         settings: ServingSettings,
         loop: DeploymentHandle | None = None,
+        services: dict[str, DeploymentHandle] | None = None,
     ) -> None:
-        self._backend = ServeBackend(cache_lookup, summarizer, settings, loop)
+        self._backend = ServeBackend(cache_lookup, summarizer, settings, loop, services)
         self._config = ApiConfig.from_settings(settings, behind_serve_proxy=True)
 
     def __serve_build_asgi_app__(self) -> ASGIApp:

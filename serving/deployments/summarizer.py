@@ -9,6 +9,20 @@ thread for the load and every call, see ``__init__``).
 ``user_config`` (:class:`SummarizerConfig`) is applied by ``reconfigure`` without a restart:
 the batch size and wait through ``set_max_batch_size`` / ``set_batch_wait_timeout_s``, and the
 LoRA adapter through ``engine.set_adapter`` (the engine waits for the running batch first).
+
+**Which adapter.** Decided each time ``reconfigure`` runs (when a replica starts, and when a
+deploy changes the ``user_config``), first match wins:
+
+1. ``adapter`` given in ``user_config`` (a folder, or ``null`` for the bare base model): a pin,
+   e.g. a live push (``train.registry.push_to_serve``, which promotion itself uses);
+2. else the profile's latest promotion in the registry (``serving.promotions``; a promotion of
+   "no run" means the bare base), read from the database at that moment;
+3. else the profile's own ``adapter`` (none for most profiles).
+
+So a redeploy of a config file that leaves ``adapter`` out, or a replica restarted on another
+node, serves the promoted adapter; a pin wins until a deploy without it (or the next
+promotion's push, which replaces it). If the registry cannot be read, the replica keeps what
+it serves and says why in ``info()``.
 Batches never exceed the deployment's ``max_ongoing_requests``: :func:`serving.app.build_app`
 keeps it at twice the batch size so the next batch fills while one runs.
 
@@ -34,6 +48,7 @@ from core.article import Article
 from serving import metrics
 from serving.engine import SummarizeEngine
 from serving.profiles import ModelProfile
+from serving.promotions import read_promotion
 from serving.result import ArticleError, Outcome, Result
 from serving.settings import ServingSettings
 from serving.versions import Versions
@@ -43,6 +58,7 @@ T = TypeVar("T")
 
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_BATCH_WAIT_S = 0.05
+PROMOTION_READ_TIMEOUT_S = 5.0
 
 
 class SummarizerConfig(BaseModel):
@@ -53,7 +69,9 @@ class SummarizerConfig(BaseModel):
     max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1, le=256)
     batch_wait_timeout_s: float = Field(default=DEFAULT_BATCH_WAIT_S, ge=0, le=60)
     adapter: str | None = Field(
-        default=None, description="PEFT LoRA adapter folder; null = the base model."
+        default=None,
+        description="PEFT LoRA adapter folder; null = the bare base model. Left out: the "
+        "profile's promoted adapter (registry), else the profile's own.",
     )
 
 
@@ -83,6 +101,11 @@ class Summarizer:
         self.load_s = time.perf_counter() - started
         self._versions: Versions = self._engine.versions
         self._config = SummarizerConfig()
+        self._settings = settings
+        profile_adapter = self._engine.profile.adapter_path
+        self._profile_adapter = str(profile_adapter) if profile_adapter else None
+        self._adapter = self._profile_adapter  # the folder applied now (None: bare base)
+        self._adapter_source = "profile"
         self._adapter_error: str | None = None
         self._inflight = 0  # summarize() calls not yet answered
         self._running = 0  # articles in the batch the engine is working on
@@ -101,20 +124,39 @@ class Summarizer:
         config = SummarizerConfig.model_validate(user_config or {})
         self.summarize_batch.set_max_batch_size(config.max_batch_size)
         self.summarize_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
-        if config.adapter != self._config.adapter:
-            try:
-                await self._on_engine_thread(self._engine.set_adapter, config.adapter)
-            except Exception as exc:
-                self._adapter_error = f"adapter {config.adapter!r} not applied: {exc}"
-                log.error(
-                    "%s; still serving adapter %s", self._adapter_error, self._engine.adapter_id
-                )
-                config = config.model_copy(update={"adapter": self._config.adapter})
-            else:
-                self._adapter_error = None
-                log.info("adapter now %s", self._engine.adapter_id)
-            self._versions = self._engine.versions
         self._config = config
+        wanted, source = await self._wanted_adapter(config)
+        if wanted == self._adapter:
+            self._adapter_source = source
+            return
+        try:
+            await self._on_engine_thread(self._engine.set_adapter, wanted)
+        except Exception as exc:
+            self._adapter_error = f"adapter {wanted!r} ({source}) not applied: {exc}"
+            log.error("%s; still serving adapter %s", self._adapter_error, self._engine.adapter_id)
+        else:
+            self._adapter, self._adapter_source = wanted, source
+            self._adapter_error = None
+            log.info("adapter now %s (%s)", self._engine.adapter_id, source)
+        self._versions = self._engine.versions
+
+    async def _wanted_adapter(self, config: SummarizerConfig) -> tuple[str | None, str]:
+        """(adapter folder or None, where that choice came from): see the module docstring."""
+        if "adapter" in config.model_fields_set:
+            return config.adapter, "user_config"
+        if not self._settings.database_url:
+            return self._profile_adapter, "profile"
+        try:
+            promotion = await read_promotion(
+                self._settings.database_url, self._engine.profile.name, PROMOTION_READ_TIMEOUT_S
+            )
+        except Exception as exc:  # the database is down: keep serving what we serve
+            self._adapter_error = f"registry not read: {type(exc).__name__}: {exc}"
+            log.warning("%s; keeping adapter %s", self._adapter_error, self._engine.adapter_id)
+            return self._adapter, self._adapter_source
+        if promotion is None:
+            return self._profile_adapter, "profile"
+        return promotion.adapter_path, f"promoted:{promotion.adapter_id or 'base'}"
 
     async def _on_engine_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -185,7 +227,8 @@ class Summarizer:
             "max_batch_size": self._config.max_batch_size,
             "batch_wait_timeout_s": self._config.batch_wait_timeout_s,
             "engine_max_batch_size": self._engine.max_batch_size,
-            "adapter": self._config.adapter,
+            "adapter": self._adapter,
+            "adapter_source": self._adapter_source,
             "adapter_error": self._adapter_error,
             "queue_depth": self.queue_depth,
             "running": self._running,
