@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from serving.http.routes.admin import AdminRoutes
 from serving.http.routes.articles import ArticleRoutes
+from serving.http.routes.digest_feeds import DigestFeedRoutes
 from serving.http.routes.route import ApiRoute, RouteContext
 from serving.http.routes.summarize import SummarizeRoutes
 
-GROUPS = (SummarizeRoutes, ArticleRoutes, AdminRoutes)
+GROUPS = (SummarizeRoutes, ArticleRoutes, AdminRoutes, DigestFeedRoutes)
 
 __all__ = ["GROUPS", "ApiRoute", "RouteContext", "api_routes"]
 
