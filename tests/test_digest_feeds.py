@@ -25,10 +25,10 @@ from ingestion import store as ingest_store
 from ingestion.normalizer import NormalizedEntry
 from serving.http.conditional import etag_matches, strong_etag, unchanged_since
 from serving.local import LocalBackend, local_app
-from serving.result import ImportanceParts, Result
 from serving.store import ResultStore
 from serving.stories.embedder import EMBEDDING_DIM
 from serving.stories.store import assign_articles
+from tests.serve_support import make_result
 
 HOUR = timedelta(hours=1)
 TAG = "tag:feeds.test,2026:story/"
@@ -94,18 +94,7 @@ class Desk:
 
     async def summarize(self, key: str, importance: float, topics: list[str]) -> None:
         article = self.articles[key]
-        result = Result(
-            article_id=article.id,
-            content_hash=article.content_hash,
-            summary=f"Summary of {article.title}.",
-            importance=importance,
-            importance_parts=ImportanceParts(
-                model=importance, prior=importance, model_weight=0.0, prior_weight=1.0
-            ),
-            topics=topics,
-            model_id="test-model",
-            prompt_version="test-v1",
-        )
+        result = make_result(article, importance=importance, topics=topics)
         assert await ResultStore(self.pool).save(article, result) == "article"
 
 
