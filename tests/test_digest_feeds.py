@@ -27,6 +27,10 @@ from serving.http.conditional import etag_matches, strong_etag, unchanged_since
 from serving.local import LocalBackend, local_app
 from serving.store import ResultStore
 from serving.stories.embedder import EMBEDDING_DIM
+from serving.stories.feed_store import stories_updated
+from serving.stories.feeds import RENDERERS, digest_feed
+from serving.stories.ranking import list_stories, story_list_args
+from serving.stories.schemas import StoryQuery
 from serving.stories.store import assign_articles
 from tests.serve_support import make_result
 
@@ -328,6 +332,40 @@ async def test_conditional_requests(desk: Desk, client: httpx.AsyncClient) -> No
     assert grown.status_code == 200 and grown.headers["etag"] != etag
     grown_at = parsedate_to_datetime(grown.headers["last-modified"])
     assert grown_at >= parsedate_to_datetime(modified)  # to the second: the tag tells
+
+
+async def test_the_documents_do_not_depend_on_the_clock(desk: Desk) -> None:
+    """The same data renders to the same bytes at any time (the ETag is made without
+    rendering, so it must): the rank score decays with the clock, the order and the output
+    do not."""
+    since = desk.now - 48 * HOUR
+    knobs = story_list_args(desk.settings)
+    rendered = []
+    for later in (timedelta(0), 5 * HOUR):
+        listing = await list_stories(
+            desk.pool, StoryQuery(since=since), now=desk.now + later, **knobs
+        )
+        updated = await stories_updated(desk.pool, [s.id for s in listing.stories])
+        feed = digest_feed(
+            listing,
+            updated,
+            base_url="http://feeds.test/",
+            self_url="http://feeds.test/feeds/digest.rss",
+            alternates={},
+            filters={},
+            empty_updated=None,
+        )
+        assert [i.position for i in feed.items] == [1, 2, 3]
+        rendered.append([render(feed) for render in RENDERERS.values()])
+    assert (
+        listing.stories[0].rank
+        != (  # the scores moved...
+            await list_stories(desk.pool, StoryQuery(since=since), now=desk.now, **knobs)
+        )
+        .stories[0]
+        .rank
+    )
+    assert rendered[0] == rendered[1]  # ...the documents did not
 
 
 async def test_a_story_leaving_the_window_changes_the_tag(

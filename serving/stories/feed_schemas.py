@@ -1,7 +1,7 @@
 """The models of the digest feeds: their query (``GET /v1/stories``'s filters plus a
 relative ``window``, what a feed URL needs: a fixed ``since`` would make a subscription grow
 stale) and the JSON Feed 1.1 document (https://jsonfeed.org/version/1.1) with the
-``_newsdesk`` extension object (importance, rank, sources, every member article) on each
+``_newsdesk`` extension object (importance, position, sources, every member article) on each
 item."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class NewsdeskExtension(BaseModel):
 
     story_id: int
     importance: float = Field(description="Highest importance among its articles (0-100).")
-    rank: float
+    position: int = Field(description="Its place in the digest: 1 is the top story.")
     method: str = Field(description="abstractive, or extractive (the article's own sentences).")
     n_articles: int
     n_sources: int

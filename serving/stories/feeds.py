@@ -10,9 +10,10 @@ item's. RSS and Atom come from feedgen; what they have no element for (importanc
 is in the HTML content and in elements of the :data:`NEWSDESK_NS` namespace; JSON Feed is a
 pydantic model (:mod:`serving.stories.feed_schemas`) with a ``_newsdesk`` object per item.
 
-The output is a function of the stored data, the query and the base URL only (no "now", no
-"3 h ago"): the route's ETag, made from a fingerprint of the data before rendering, relies on
-that (:mod:`serving.http.routes.digest_feeds`).
+The output is a function of the stored data, the query and the base URL only: no "now", no
+"3 h ago", no rank score (its recency factor decays with the clock; the order does not, so an
+item says its position instead). The route's ETag, made from a fingerprint of the data before
+rendering, relies on that (:mod:`serving.http.routes.digest_feeds`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ TITLE = "Newsdesk · top stories"
 @dataclass(frozen=True)
 class FeedItem:
     story: Story
+    position: int  # 1: the top story
     id: str
     link: str
     updated: datetime
@@ -97,9 +99,9 @@ def digest_feed(
     value, in the title when set; ``empty_updated``: the feed's ``updated`` when it has no
     item, None for the epoch)."""
     items = []
-    for story in listing.stories:
+    for position, story in enumerate(listing.stories, 1):
         articles = [
-            FeedArticle(
+            FeedArticle.model_construct(  # from validated StoryArticles: no need to redo it
                 id=a.id,
                 title=a.title or (a.summary or "")[:120] or f"article {a.id}",
                 url=absolute(base_url, a.link),
@@ -113,6 +115,7 @@ def digest_feed(
         items.append(
             FeedItem(
                 story=story,
+                position=position,
                 id=story_tag(base_url, story.id),
                 link=absolute(base_url, story.link),
                 updated=at,
@@ -193,7 +196,7 @@ class _NewsdeskEntry(BaseEntryExtension):
         s = self.item.story
         for name, value in (
             ("importance", f"{s.importance:g}"),
-            ("rank", f"{s.rank:g}"),
+            ("position", str(self.item.position)),
             ("articles", str(s.n_articles)),
             ("sources", str(s.n_sources)),
         ):
@@ -285,7 +288,7 @@ def json_feed(feed: DigestFeed) -> JsonFeed:
             newsdesk=NewsdeskExtension(
                 story_id=item.story.id,
                 importance=item.story.importance,
-                rank=item.story.rank,
+                position=item.position,
                 method=item.story.method,
                 n_articles=item.story.n_articles,
                 n_sources=item.story.n_sources,
