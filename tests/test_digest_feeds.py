@@ -6,6 +6,8 @@ back with feedparser, JSON Feed checked against the 1.1 spec's required fields."
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,7 +19,9 @@ import feedparser
 import httpx
 import numpy as np
 import pytest
+import uvicorn
 
+from cluster.local_cluster import free_port
 from cluster.settings import Settings
 from core.article import Article
 from core.articles import load_articles
@@ -389,6 +393,44 @@ async def test_a_story_leaving_the_window_changes_the_tag(
     )
     assert narrow.status_code == 200
     assert _tag(desk, "c1") not in [i["id"] for i in narrow.json()["items"]]
+
+
+async def test_a_feed_reader_polls_a_served_app_with_its_validators(desk: Desk) -> None:
+    """feedparser fetching over real HTTP, as a reader does: the second poll, with the ETag and
+    Last-Modified it kept, is a 304; after the story grows, a 200 with the grown story."""
+    backend = LocalBackend(desk.settings, _no_model)  # type: ignore[arg-type]
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            local_app(backend, desk.settings), host="127.0.0.1", port=port, log_level="error"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(600):
+            if server.started:
+                break
+            await asyncio.sleep(0.05)
+        assert server.started
+        for fmt in ("rss", "atom"):
+            url = f"http://127.0.0.1:{port}/feeds/digest.{fmt}"
+            first = await asyncio.to_thread(feedparser.parse, url)
+            assert first.status == 200 and not first.bozo and len(first.entries) == 2
+            again = await asyncio.to_thread(
+                feedparser.parse, url, etag=first.etag, modified=first.modified
+            )
+            assert again.status == 304 and again.entries == []
+            by_date = await asyncio.to_thread(feedparser.parse, url, modified=first.modified)
+            assert by_date.status == 304
+        await desk.add("Delta Daily", f"a-{port}", 0, desk.now, importance=85, topics=["sport"])
+        grown = await asyncio.to_thread(feedparser.parse, url, etag=first.etag)
+        assert grown.status == 200 and grown.etag != first.etag
+        top = f"tag:127.0.0.1,2026:story/{desk.story['a1']}"
+        assert grown.entries[0].id == top  # A, grown: now the top story, under the same id
+    finally:
+        server.should_exit = True
+        await asyncio.to_thread(thread.join, 10)
 
 
 # --- filters and errors -----------------------------------------------------------------------
