@@ -58,6 +58,19 @@ class ServingSettings(CoreSettings):
         gt=0,
         description="Age at which an article's ranking weight halves.",
     )
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        description=(
+            "The app's public base URL (`https://news.example.org`), for the absolute links "
+            "of the digest feeds behind a proxy; unset = the request's own base URL."
+        ),
+    )
+    feeds_max_age_s: int = Field(
+        default=300,
+        ge=0,
+        description="`Cache-Control: max-age` of the digest feeds (`/feeds/digest.*`).",
+    )
     cache_max_entries: int = Field(
         default=10_000, ge=1, description="Results in each process-local LRU."
     )

@@ -18,6 +18,12 @@ class ApiConfig:
     max_list_limit: int = 200
     rank_half_life_h: float = 24.0
     summarizer_timeout_s: float = 900.0
+    # the digest feeds: absolute links (None: the request's base URL), caching, and the
+    # ranking knobs their ETag depends on besides the data
+    public_url: str | None = None
+    feeds_max_age_s: int = 300
+    story_source_boost: float = 0.10
+    story_source_boost_cap: float = 1.5
     # Behind Serve's HTTP proxy: it gives each request an X-Request-ID (or passes the client's
     # on) and echoes it in the response itself; the app uses that id and adds no header.
     behind_serve_proxy: bool = False
@@ -38,6 +44,10 @@ class ApiConfig:
             max_list_limit=settings.api_max_list_limit,
             rank_half_life_h=settings.api_rank_half_life_h,
             summarizer_timeout_s=settings.summarizer_timeout_s,
+            public_url=settings.public_url,
+            feeds_max_age_s=settings.feeds_max_age_s,
+            story_source_boost=settings.story_source_boost,
+            story_source_boost_cap=settings.story_source_boost_cap,
             behind_serve_proxy=behind_serve_proxy,
             webhooks=SubscribePolicy.from_settings(settings),
             settings=settings,

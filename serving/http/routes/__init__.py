@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from serving.http.routes.admin import AdminRoutes
 from serving.http.routes.articles import ArticleRoutes
+from serving.http.routes.digest_feeds import DigestFeedRoutes
 from serving.http.routes.feeds import FeedRoutes
 from serving.http.routes.route import ApiRoute, RouteContext
 from serving.http.routes.search import SearchRoutes
@@ -22,6 +23,7 @@ GROUPS = (
     SummarizeRoutes,
     ArticleRoutes,
     SearchRoutes,
+    DigestFeedRoutes,
     AdminRoutes,
     FeedRoutes,
     WebhookRoutes,
