@@ -1,0 +1,83 @@
+"""OpenVINO GenAI as :mod:`benchmarks.bench_engine`'s same-run yardstick.
+
+The runtime lives in a virtualenv of its own (``setup_openvino.sh``), never in the project's:
+this module finds it, exports the engine's own model folder to OpenVINO IR once (cached by
+folder and weight format), and runs :mod:`openvino_genai_run` there on the engine's prompt ids,
+so both sides decode the same tokens from the same prompts on the same threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ANCHORS_DIR = Path(os.environ.get("NEWSDESK_ANCHORS_DIR", Path.home() / ".cache/newsdesk-anchors"))
+SETUP = HERE / "setup_openvino.sh"
+
+
+@dataclass
+class AnchorRun:
+    label: str
+    aps: dict[int, float]  # articles/s by batch size
+    tokens_first: list[int]  # the first prompt's tokens at batch 1
+
+
+class OpenVinoAnchor:
+    def __init__(self, root: Path = ANCHORS_DIR, weights: str = "fp16") -> None:
+        self.python = root / "openvino" / "bin" / "python"
+        self.ir_root = root / "ir"
+        self.weights = weights
+        self.label = f"OpenVINO GenAI 2026.4 ({weights} weights, bf16)"
+
+    def available(self) -> bool:
+        return self.python.exists()
+
+    def ir_for(self, model_dir: Path) -> Path:
+        """The model folder exported to OpenVINO IR (once; minutes on 2 cores)."""
+        out = self.ir_root / f"{model_dir.name}-{self.weights}"
+        if not (out / "openvino_model.xml").exists():
+            self._call("export", str(model_dir), str(out), "--weights", self.weights)
+        return out
+
+    def run(
+        self,
+        model_dir: Path,
+        prompts: list[list[int]],
+        batch_sizes: list[int],
+        *,
+        new_tokens: int,
+        repeats: int,
+        threads: int,
+    ) -> AnchorRun:
+        ir = self.ir_for(model_dir)
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            json.dump(prompts, f)
+            f.flush()
+            out = self._call(
+                "run", str(ir), f.name,
+                "--batch-sizes", ",".join(str(b) for b in batch_sizes),
+                "--new-tokens", str(new_tokens),
+                "--repeats", str(repeats),
+                "--threads", str(threads),
+            )  # fmt: skip
+        data = json.loads(out.strip().splitlines()[-1])
+        return AnchorRun(
+            label=self.label,
+            aps={int(b): float(v) for b, v in data["aps"].items()},
+            tokens_first=data.get("tokens_first", []),
+        )
+
+    def _call(self, *args: str) -> str:
+        done = subprocess.run(
+            [str(self.python), str(HERE / "openvino_genai_run.py"), *args],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"OpenVINO anchor failed: {done.stderr[-2000:]}")
+        return done.stdout
