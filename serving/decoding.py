@@ -42,7 +42,7 @@ A test checks whole Results of the default (bf16) engine, rating included, bit f
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -399,31 +399,54 @@ def _rate(
     rating_suffix: Sequence[int],
     score_ids: Sequence[int],
 ) -> torch.Tensor:
-    """The rating pass, one row at a time on the row's own slice of the cache.
+    """The rating pass of every row (:func:`rate_row`), ``(B, len(score_ids))``."""
+    probs = [
+        rate_row(
+            model,
+            lambda row, length: row_cache(cache, row, length),
+            row,
+            mask[row : row + 1],
+            seq,
+            prompt_end,
+            eos_id,
+            rating_suffix,
+            score_ids,
+        )
+        for row, seq in enumerate(tokens)
+    ]
+    return torch.cat(probs).cpu()
 
-    Each row keeps the keys of its prompt and of its summary but the last token, then is fed
+
+def rate_row(
+    model: torch.nn.Module,
+    row_view: Callable[[int, int], Cache],
+    row: int,
+    mask: torch.Tensor,
+    seq: list[int],
+    prompt_end: int,
+    eos_id: int,
+    rating_suffix: Sequence[int],
+    score_ids: Sequence[int],
+) -> torch.Tensor:
+    """One row's rating pass on the row's own slice of the cache (``row_view(row, length)``;
+    ``mask``: the row's ``(1, L)`` attention mask), ``(1, len(score_ids))`` on the CPU.
+
+    The row keeps the keys of its prompt and of its summary but the last token, then is fed
     ``[last token, eos] + rating_suffix``: the same slots and the same chunk whether the row
     ran alone or beside rows that decoded longer (batch invariance)."""
     device = mask.device
-    probs = []
-    for row, seq in enumerate(tokens):
-        body = seq[:-1] if seq and seq[-1] == eos_id else seq
-        kept = prompt_end + max(len(body) - 1, 0)
-        ids = [*body[-1:], eos_id, *rating_suffix]
-        row_mask = torch.cat(
-            [
-                mask[row : row + 1, :kept],
-                torch.ones((1, len(ids)), dtype=mask.dtype, device=device),
-            ],
-            dim=1,
-        )
-        start = int(mask[row, :kept].sum())
-        logits = _logits(
-            model,
-            input_ids=torch.tensor([ids], device=device),
-            attention_mask=row_mask,
-            position_ids=torch.arange(start, start + len(ids), device=device).unsqueeze(0),
-            cache=row_cache(cache, row, kept),
-        )
-        probs.append(torch.softmax(logits[:, list(score_ids)].float(), dim=-1))
-    return torch.cat(probs).cpu()
+    body = seq[:-1] if seq and seq[-1] == eos_id else seq
+    kept = prompt_end + max(len(body) - 1, 0)
+    ids = [*body[-1:], eos_id, *rating_suffix]
+    row_mask = torch.cat(
+        [mask[:, :kept], torch.ones((1, len(ids)), dtype=mask.dtype, device=device)], dim=1
+    )
+    start = int(mask[0, :kept].sum())
+    logits = _logits(
+        model,
+        input_ids=torch.tensor([ids], device=device),
+        attention_mask=row_mask,
+        position_ids=torch.arange(start, start + len(ids), device=device).unsqueeze(0),
+        cache=row_view(row, kept),
+    )
+    return torch.softmax(logits[:, list(score_ids)].float(), dim=-1).cpu()

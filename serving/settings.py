@@ -23,6 +23,14 @@ class ServingSettings(CoreSettings):
         default=None,
         description="Overrides the profile's `source` (a local model folder or a hub name).",
     )
+    continuous_batching: bool = Field(
+        default=True,
+        description=(
+            "Summarizer replicas decode in one persistent loop that admits articles into free "
+            "slots between decode steps and returns each as soon as it ends (CPU profiles; "
+            "profiles that decode with model.generate keep whole batches)."
+        ),
+    )
     engine_threads: int | None = Field(
         default=None,
         ge=1,

@@ -160,7 +160,9 @@ def summarizer(engine, settings: Settings):  # type: ignore[no-untyped-def]
     from serving.local import replica_context
 
     with replica_context():
-        yield Summarizer("cpu-small", settings, engine=engine)
+        summarizer = Summarizer("cpu-small", settings, engine=engine)
+        yield summarizer
+        summarizer.close()
     engine.set_adapter(None)  # the session engine is shared: leave it as found
 
 

@@ -6,6 +6,14 @@ hands the list to the engine's batched ``summarize`` on the engine's own thread 
 event loop stays free for health checks, ``reconfigure`` and the next batch's arrivals; one
 thread for the load and every call, see ``__init__``).
 
+With continuous batching (``NEWSDESK_CONTINUOUS_BATCHING``, CPU profiles) ``@serve.batch`` is
+the intake only: the batch it gathers is handed to the engine's persistent decode loop
+(:class:`~serving.engine.continuous.ContinuousBatcher`, on the engine thread), which admits
+each article into a free slot between decode steps; the batch method returns one future per
+article at once and each caller awaits its own, so an article is answered the moment its
+summary ends and never waits for the rest of a batch. ``max_batch_size`` is then the number of
+slots.
+
 ``user_config`` (:class:`SummarizerConfig`) is applied by ``reconfigure`` without a restart:
 the batch size and wait through ``set_max_batch_size`` / ``set_batch_wait_timeout_s``, and the
 LoRA adapter through ``engine.set_adapter`` (the engine waits for the running batch first).
@@ -47,6 +55,7 @@ from ray import serve
 from core.article import Article
 from serving import metrics
 from serving.engine import SummarizeEngine
+from serving.engine.continuous import ContinuousBatcher
 from serving.profiles import ModelProfile
 from serving.promotions import read_promotion
 from serving.result import ArticleError, Outcome, Result
@@ -113,7 +122,20 @@ class Summarizer:
         self._articles = 0
         self._batch_ms_total = 0.0
         self._model_failures: Counter[str] = Counter()  # why the verifier failed the model
+        self._batcher: ContinuousBatcher | None = None
+        if settings.continuous_batching:
+            try:
+                self._batcher = ContinuousBatcher(self._engine, slots=self._config.max_batch_size)
+            except ValueError as exc:  # a profile that decodes whole batches (GPU generate)
+                log.info("continuous batching off: %s", exc)
+            else:
+                self._executor.submit(self._batcher.run)
         log.info("Summarizer ready: %s in %.1f s", self._engine.model_id, self.load_s)
+
+    def close(self) -> None:
+        """Stop the continuous loop (what is still in it is answered with an error)."""
+        if self._batcher is not None:
+            self._batcher.stop()
 
     # --- configuration ----------------------------------------------------------------------
 
@@ -124,6 +146,8 @@ class Summarizer:
         config = SummarizerConfig.model_validate(user_config or {})
         self.summarize_batch.set_max_batch_size(config.max_batch_size)
         self.summarize_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        if self._batcher is not None and config.max_batch_size != self._batcher.slots:
+            await asyncio.wrap_future(self._batcher.resize(config.max_batch_size))
         self._config = config
         wanted, source = await self._wanted_adapter(config)
         if wanted == self._adapter:
@@ -159,6 +183,10 @@ class Summarizer:
         return promotion.adapter_path, f"promoted:{promotion.adapter_id or 'base'}"
 
     async def _on_engine_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` on the engine's thread: through the continuous loop when it runs there (it
+        lets the active rows finish first), else as the thread's next task."""
+        if self._batcher is not None:
+            return await asyncio.wrap_future(self._batcher.call(lambda: fn(*args)))
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # --- serving ----------------------------------------------------------------------------
@@ -167,12 +195,22 @@ class Summarizer:
         """One article's outcome; batched with concurrent calls by ``summarize_batch``."""
         self._inflight += 1
         try:
-            return await self.summarize_batch((article, time.perf_counter()))
+            enqueued = time.perf_counter()
+            outcome = await self.summarize_batch((article, enqueued))
+            if isinstance(outcome, asyncio.Future):  # continuous: admitted, now its own wait
+                outcome = await outcome
+            return outcome
         finally:
             self._inflight -= 1
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
-    async def summarize_batch(self, items: list[tuple[Article, float]]) -> list[Outcome]:
+    async def summarize_batch(
+        self, items: list[tuple[Article, float]]
+    ) -> list[Outcome] | list[asyncio.Future[Outcome]]:
+        if self._batcher is not None:
+            self._batch_sizes[len(items)] += 1  # intake sizes; the slots' fill is in info()
+            metrics.batch_sizes().observe(len(items))
+            return [self._continuous(article, enqueued) for article, enqueued in items]
         articles = [article for article, _ in items]
         started = time.perf_counter()
         self._running = len(articles)
@@ -198,6 +236,28 @@ class Summarizer:
             for outcome, (_, enqueued) in zip(outcomes, items, strict=True)
         ]
 
+    def _continuous(self, article: Article, enqueued: float) -> asyncio.Future[Outcome]:
+        """The article into the continuous loop; its outcome, when it ends, as a future."""
+        assert self._batcher is not None
+        self._articles += 1
+        metrics.queue_depth().set(self.queue_depth)
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[Outcome] = loop.create_future()
+        waited_ms = (time.perf_counter() - enqueued) * 1000  # @serve.batch's gathering
+
+        def settle(done: Any) -> None:
+            outcome = _with_queue_time(done.result(), waited_ms)
+            self._model_failures.update(
+                metrics.count_results([outcome] if isinstance(outcome, Result) else [])
+            )
+            if not result.done():
+                result.set_result(outcome)
+
+        self._batcher.submit(article).add_done_callback(
+            lambda done: loop.call_soon_threadsafe(settle, done)
+        )
+        return result
+
     def _error(self, article: Article, message: str) -> ArticleError:
         return ArticleError(
             article_id=article.id,
@@ -212,6 +272,8 @@ class Summarizer:
     @property
     def queue_depth(self) -> int:
         """Articles in this replica waiting for a batch slot."""
+        if self._batcher is not None:
+            return self._batcher.waiting
         return max(0, self._inflight - self._running)
 
     def versions(self) -> Versions:
@@ -231,7 +293,8 @@ class Summarizer:
             "adapter_source": self._adapter_source,
             "adapter_error": self._adapter_error,
             "queue_depth": self.queue_depth,
-            "running": self._running,
+            "running": self._batcher.active if self._batcher is not None else self._running,
+            "continuous": self._batcher.info() if self._batcher is not None else None,
             "batches": batches,
             "articles": self._articles,
             "batch_size_histogram": {str(k): v for k, v in sorted(self._batch_sizes.items())},

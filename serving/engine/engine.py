@@ -209,7 +209,7 @@ class SummarizeEngine:
                 continue
             pending.append(Pending.of(index, article, built))
 
-        guard = self._guard()
+        guard = self.guard()
 
         def run(chunk: list[Pending]) -> list[Result | ArticleError]:
             return self._process(chunk, guard, versions, max_new_tokens, min_new_tokens, called)
@@ -224,7 +224,7 @@ class SummarizeEngine:
                 outcomes[item.index] = outcome
         return [o for o in outcomes if o is not None]
 
-    def _guard(self) -> Guard:
+    def guard(self) -> Guard:
         return Guard(
             self.profile.guard,
             budget_tokens=self.profile.max_new_tokens,

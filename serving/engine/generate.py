@@ -32,6 +32,7 @@ from serving.decoding import (
 )
 from serving.engine.loading import replaces_modules
 from serving.profiles import ModelProfile
+from serving.slot_decoding import decode_in_slots
 
 RETRY_REPETITION_PENALTY = 1.3
 
@@ -100,6 +101,24 @@ class Decoder:
         if self.uses_generate:
             return self.decode_with_generate(
                 prompts, max_new_tokens, suppress_first, penalty, min_new_tokens
+            )
+        if self.slots is not None and sampling is None:
+            # CPU: the slot decoder continuous batching runs on, so that an article gets the
+            # same Result from a batch as from the continuous loop
+            return decode_in_slots(
+                self.model,
+                prompts,
+                width=self.slots,
+                pad_id=self.pad_id,
+                eos_id=self.eos_id,
+                max_new_tokens=max_new_tokens,
+                prefix=self.prefix,
+                rating_suffix=self.rating_suffix,
+                score_ids=self.score_ids,
+                suppress_first=suppress_first,
+                min_new_tokens=min_new_tokens,
+                repetition_penalty=penalty,
+                cache_dtype=self.cache_dtype,
             )
         return greedy_decode(
             self.model,
