@@ -316,7 +316,7 @@ class SlotBatch:
 
     def _clear(self, slot: int) -> None:
         """A slot as new: the shared prefix, nothing else (no bits of a previous article)."""
-        for layer, i in zip(self.layers, range(len(self.layers)), strict=True):
+        for i, layer in enumerate(self.layers):
             layer.key_buffer[slot].zero_()
             layer.value_buffer[slot].zero_()
             if self.prefix is not None:
@@ -337,49 +337,24 @@ class SlotBatch:
 
 @torch.inference_mode()
 def decode_in_slots(
-    model: torch.nn.Module,
+    batch: SlotBatch,
     prompts: Sequence[Sequence[int]],
     *,
-    width: int,
-    pad_id: int,
-    eos_id: int,
     max_new_tokens: int,
-    prefix: PrefixCache | None = None,
-    rating_suffix: Sequence[int] | None = None,
-    score_ids: Sequence[int] | None = None,
     suppress_first: Sequence[int] = (),
     min_new_tokens: int = 0,
     repetition_penalty: float = 1.0,
-    cache_dtype: torch.dtype | None = None,
 ) -> DecodeOutput:
-    """A whole micro-batch through a :class:`SlotBatch` (all admitted, stepped until every
-    row ended): the engine's batch path on CPU, so that it and continuous batching give an
-    article the very same tokens and rating. Rows in input order."""
-    batch = SlotBatch(
-        model,
-        slots=len(prompts),
-        width=width,
-        max_new_tokens=max_new_tokens,
-        pad_id=pad_id,
-        eos_id=eos_id,
-        prefix=prefix,
-        rating_suffix=rating_suffix,
-        score_ids=score_ids,
-        cache_dtype=cache_dtype,
-    )
+    """A whole micro-batch through an empty ``batch`` of at least ``len(prompts)`` slots (all
+    admitted, stepped until every row ended): the engine's batch path on CPU, so that it and
+    continuous batching give an article the very same tokens and rating. Rows in input order."""
     outputs: dict[int, RowOutput] = {}
     started = time.perf_counter()
     for index, ids in enumerate(prompts):
-        done = batch.admit(
-            RowRequest(
-                ids,
-                max_new_tokens,
-                suppress_first=suppress_first,
-                min_new_tokens=min_new_tokens,
-                repetition_penalty=repetition_penalty,
-                tag=index,
-            )
+        request = RowRequest(
+            ids, max_new_tokens, suppress_first, min_new_tokens, repetition_penalty, tag=index
         )
+        done = batch.admit(request)
         if done is not None:
             outputs[index] = done
     prefill_s = time.perf_counter() - started

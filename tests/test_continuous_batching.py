@@ -31,19 +31,7 @@ def lee(engine_settings) -> list[Article]:  # type: ignore[no-untyped-def]
 
 
 def _slots(engine, slots: int) -> SlotBatch:  # type: ignore[no-untyped-def]
-    d = engine.decoder
-    return SlotBatch(
-        d.model,
-        slots=slots,
-        width=d.slots,
-        max_new_tokens=NEW_TOKENS,
-        pad_id=d.pad_id,
-        eos_id=d.eos_id,
-        prefix=d.prefix,
-        rating_suffix=d.rating_suffix,
-        score_ids=d.score_ids,
-        cache_dtype=d.cache_dtype,
-    )
+    return engine.decoder.slot_batch(slots, NEW_TOKENS)
 
 
 def _run(engine, prompts, order: list[int], joins: dict[int, int], slots: int):  # type: ignore[no-untyped-def]

@@ -198,20 +198,8 @@ class ContinuousBatcher:
 
     def _batch_for_now(self) -> SlotBatch:
         if self._batch is None:
-            d = self.engine.decoder
-            assert d.slots is not None
-            self._batch = SlotBatch(
-                d.model,
-                slots=self.slots,
-                width=d.slots,
-                max_new_tokens=self.engine.profile.max_new_tokens,
-                pad_id=d.pad_id,
-                eos_id=d.eos_id,
-                prefix=d.prefix,
-                rating_suffix=d.rating_suffix,
-                score_ids=d.score_ids,
-                cache_dtype=d.cache_dtype,
-            )
+            max_new = self.engine.profile.max_new_tokens
+            self._batch = self.engine.decoder.slot_batch(self.slots, max_new)
         return self._batch
 
     def _request(self, item: _Article, retry: bool) -> RowRequest:

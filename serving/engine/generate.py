@@ -32,7 +32,7 @@ from serving.decoding import (
 )
 from serving.engine.loading import replaces_modules
 from serving.profiles import ModelProfile
-from serving.slot_decoding import decode_in_slots
+from serving.slot_decoding import SlotBatch, decode_in_slots
 
 RETRY_REPETITION_PENALTY = 1.3
 
@@ -81,6 +81,23 @@ class Decoder:
             ids = prompt.prefix_ids(self.tokenizer)
             self.prefix = compute_prefix_cache(self.model, ids, self.cache_dtype)
 
+    def slot_batch(self, slots: int, max_new_tokens: int) -> SlotBatch:
+        """An empty :class:`~serving.slot_decoding.SlotBatch` of ``slots`` rows on the model
+        attached now (CPU: ``self.slots`` is set), for budgets up to ``max_new_tokens``."""
+        assert self.slots is not None, "slot decoding is the CPU path"
+        return SlotBatch(
+            self.model,
+            slots=slots,
+            width=self.slots,
+            max_new_tokens=max_new_tokens,
+            pad_id=self.pad_id,
+            eos_id=self.eos_id,
+            prefix=self.prefix,
+            rating_suffix=self.rating_suffix,
+            score_ids=self.score_ids,
+            cache_dtype=self.cache_dtype,
+        )
+
     def text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
@@ -106,19 +123,12 @@ class Decoder:
             # CPU: the slot decoder continuous batching runs on, so that an article gets the
             # same Result from a batch as from the continuous loop
             return decode_in_slots(
-                self.model,
+                self.slot_batch(len(prompts), max_new_tokens),
                 prompts,
-                width=self.slots,
-                pad_id=self.pad_id,
-                eos_id=self.eos_id,
                 max_new_tokens=max_new_tokens,
-                prefix=self.prefix,
-                rating_suffix=self.rating_suffix,
-                score_ids=self.score_ids,
                 suppress_first=suppress_first,
                 min_new_tokens=min_new_tokens,
                 repetition_penalty=penalty,
-                cache_dtype=self.cache_dtype,
             )
         return greedy_decode(
             self.model,
