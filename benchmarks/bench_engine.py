@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from benchmarks.anchors.openvino import SETUP, OpenVinoAnchor  # noqa: E402
+from benchmarks.anchors.openvino_anchor import SETUP, OpenVinoAnchor  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
 from core.article import Article  # noqa: E402
 from serving.decoding import left_pad  # noqa: E402

@@ -165,6 +165,7 @@ class SlotBatch:
         is at least 2, so a lone row always has its idle neighbour)."""
         return self.slots - len(self.rows)
 
+    @torch.inference_mode()
     def admit(self, request: RowRequest) -> RowOutput | None:
         """Prefill ``request`` into the next free slot. Returns its output at once when it
         ends at its first token (eos first, or a budget of one), else None (it joins the

@@ -133,9 +133,11 @@ class Summarizer:
         log.info("Summarizer ready: %s in %.1f s", self._engine.model_id, self.load_s)
 
     def close(self) -> None:
-        """Stop the continuous loop (what is still in it is answered with an error)."""
+        """Stop the continuous loop (what is still in it is answered with an error) and let
+        the engine thread end."""
         if self._batcher is not None:
             self._batcher.stop()
+        self._executor.shutdown(wait=False)
 
     # --- configuration ----------------------------------------------------------------------
 

@@ -3,7 +3,9 @@
 The runtime lives in a virtualenv of its own (``setup_openvino.sh``), never in the project's:
 this module finds it, exports the engine's own model folder to OpenVINO IR once (cached by
 folder and weight format), and runs :mod:`openvino_genai_run` there on the engine's prompt ids,
-so both sides decode the same tokens from the same prompts on the same threads.
+so both sides decode the same tokens from the same prompts on the same threads. (Not named
+``openvino.py``: the runner's folder is first on its ``sys.path``, and ``import openvino``
+there would find this module instead of the runtime.)
 """
 
 from __future__ import annotations
