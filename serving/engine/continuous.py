@@ -185,7 +185,12 @@ class ContinuousBatcher:
             outputs: list[RowOutput] = []
             while not self._calls and self._intake and batch.free:
                 item, retry = self._intake.popleft()
-                done = batch.admit(self._request(item, retry))
+                try:
+                    done = batch.admit(self._request(item, retry))
+                except Exception as exc:  # this article's prompt or prefill: that article only
+                    log.exception("admitting an article failed")
+                    self._answer_error(item, f"{type(exc).__name__}: {exc}")
+                    continue
                 self.admitted += 1
                 if done is not None:
                     outputs.append(done)
@@ -277,15 +282,19 @@ class ContinuousBatcher:
             self.finished += 1
             item.future.set_result(outcome)
 
+    def _answer_error(self, item: _Article, message: str) -> None:
+        if not item.future.done():
+            error = results.error(
+                item.pending.article, "internal_error", message, self.engine.versions
+            )
+            item.future.set_result(error)
+
     def _fail_all(self, message: str) -> None:
         """Answer everything in flight with an internal error (a bug, or shutting down)."""
-        versions = self.engine.versions
         items = [item for item, _ in self._intake]
         if self._batch is not None:
             items += [row.request.tag[0] for row in self._batch.rows]
         self._intake.clear()
         self._batch = None
         for item in items:
-            if not item.future.done():
-                article = item.pending.article
-                item.future.set_result(results.error(article, "internal_error", message, versions))
+            self._answer_error(item, message)
