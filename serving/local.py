@@ -116,6 +116,8 @@ class LocalBackend:
             await self.lookup.store.close()
             self.lookup.store = None
         await self.lookup.cache.close()
+        if self._factory is not None and self._summarizer is not None:
+            self._summarizer.close()  # made here: its engine thread ends with the app
         self._context.close()
 
     async def summarize(self, article: Article) -> tuple[Outcome, str]:

@@ -25,6 +25,7 @@ import collections
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -86,6 +87,7 @@ class ContinuousBatcher:
         self.admitted = 0
         self.finished = 0
         self.active_histogram: collections.Counter[int] = collections.Counter()
+        _stop_at_exit(self)
 
     # --- from any thread --------------------------------------------------------------------
 
@@ -298,3 +300,19 @@ class ContinuousBatcher:
         self._batch = None
         for item in items:
             self._answer_error(item, message)
+
+
+def _stop_at_exit(batcher: ContinuousBatcher) -> None:
+    """Stop ``batcher``'s loop when the interpreter exits. The loop runs on a
+    ``ThreadPoolExecutor`` thread, which the interpreter joins at exit; ``atexit`` handlers run
+    only after that join, so a loop nobody stopped would hang the exit. ``concurrent.futures``
+    registers its own exit hook the same way (``threading._register_atexit``, which runs before
+    threads are joined); a weak reference keeps the hook from keeping the engine alive."""
+    ref = weakref.ref(batcher)
+
+    def stop() -> None:
+        live = ref()
+        if live is not None:
+            live.stop()
+
+    threading._register_atexit(stop)  # type: ignore[attr-defined]
