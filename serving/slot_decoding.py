@@ -82,6 +82,46 @@ class RowRequest:
     tag: Any = None  # the caller's, handed back with the row
 
 
+def choose_token(
+    logits: torch.Tensor,
+    request: RowRequest,
+    generated: int,
+    seen: set[int],
+    eos_id: int,
+    argmax: int | None = None,
+) -> int:
+    """The next token of a row that has ``generated`` tokens (``seen``: their ids): the argmax
+    of its logits after the request's changes (repetition penalty, first-token suppression,
+    eos forbidden before ``min_new_tokens``).
+
+    ``argmax``: of the unchanged logits, when already computed for the whole step. It stands
+    when none of the changes touches it: they only lower tokens other than it (eos, the
+    suppressed first tokens, tokens already generated, penalised by a factor >= 1), and it
+    was the first maximum, so it stays the first maximum (exact: the same token as the
+    changed logits' argmax)."""
+    penalised = request.repetition_penalty != 1.0 and bool(seen)
+    if (
+        argmax is not None
+        and request.repetition_penalty >= 1.0
+        and not (penalised and argmax in seen)
+        and not (generated == 0 and argmax in request.suppress_first)
+        and not (generated < request.min_new_tokens and argmax == eos_id)
+    ):
+        return argmax
+    logits = logits.clone()
+    if penalised:
+        ids = torch.tensor(sorted(seen), device=logits.device)
+        values = logits[ids]
+        logits[ids] = torch.where(
+            values > 0, values / request.repetition_penalty, values * request.repetition_penalty
+        )
+    if generated == 0 and request.suppress_first:
+        logits[list(request.suppress_first)] = float("-inf")
+    if generated < request.min_new_tokens:
+        logits[eos_id] = float("-inf")
+    return int(logits.argmax(-1))
+
+
 @dataclass
 class RowOutput:
     tag: Any
@@ -245,33 +285,27 @@ class SlotBatch:
             for layer in self.layers:
                 layer.step_positions = None
         self.steps_run += 1
+        # One argmax for the whole step, on fp32 (the same order and ties as bf16's, exact):
+        # per row on bf16 it cost ~0.16 ms, 2.6 ms a step at 16 rows; now ~0.25 ms in all.
+        # choose_token keeps a row's unless the row's own changes (penalty, ...) touch it.
+        choices = logits.float().argmax(-1).tolist()
         ended = []
         for i, row in enumerate(self.rows):
             row.column += 1
             row.attended += 1
-            if self._take(i, row, logits[i]):
+            if self._take(i, row, logits[i], choices[i]):
                 ended.append(i)
         return self._finish(ended) if ended else []
 
-    def _take(self, slot: int, row: _Row, logits: torch.Tensor) -> bool:
-        """Choose the row's next token from its logits; True when the row has ended."""
-        req = row.request
-        logits = logits.clone()
-        k = len(row.tokens)
-        if req.repetition_penalty != 1.0 and row.seen:
-            seen = torch.tensor(sorted(row.seen), device=logits.device)
-            values = logits[seen]
-            logits[seen] = torch.where(
-                values > 0, values / req.repetition_penalty, values * req.repetition_penalty
-            )
-        if k == 0 and req.suppress_first:
-            logits[list(req.suppress_first)] = float("-inf")
-        if k < req.min_new_tokens:
-            logits[self.eos_id] = float("-inf")
-        token = int(logits.argmax(-1))
+    def _take(self, slot: int, row: _Row, logits: torch.Tensor, argmax: int | None = None) -> bool:
+        """Choose the row's next token (:func:`choose_token`); True when the row has ended."""
+        token = choose_token(logits, row.request, len(row.tokens), row.seen, self.eos_id, argmax)
+        return self._append(row, token)
+
+    def _append(self, row: _Row, token: int) -> bool:
         row.tokens.append(token)
         row.seen.add(token)
-        return token == self.eos_id or len(row.tokens) >= req.max_new_tokens
+        return token == self.eos_id or len(row.tokens) >= row.request.max_new_tokens
 
     def _finish(self, ended: list[int]) -> list[RowOutput]:
         """Rate the ended rows, free their slots (the last active rows move into them)."""

@@ -4,7 +4,8 @@ transformers ``AutoModelForCausalLM.from_pretrained(folder, dtype=...)`` on the 
 the tokenizer with ``padding_side="left"``; then :func:`finish` turns the (possibly adapted)
 base model into what forward passes call: ``deepspeed.init_inference`` with the profile's
 options when ``deepspeed.enabled``, the optional CPU int8 variants, and on CPU the engine's
-batch-invariant attention (:mod:`serving.attention`).
+batch-invariant attention (:mod:`serving.attention`) and bf16 weights packed for oneDNN once
+(:mod:`serving.packed_linear`).
 
 On CPU DeepSpeed 0.19 runs with ``DS_ACCELERATOR=cpu``; ``init_inference`` without kernel
 injection wraps the model unchanged (no CPU kernels exist; injection raises "This op had not
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from serving import packed_linear
 from serving.attention import use_engine_attention
 from serving.profiles import ModelProfile, resolve_dtype
 
@@ -107,6 +109,9 @@ def finish(
     _apply_cpu_options(model, profile, device)
     if device.type == "cpu" and not replaces_modules(profile):
         use_engine_attention(model)
+        if profile.cpu.packed_weights and packed_linear.available():
+            # again after every adapter change: a merged adapter changed the weights
+            packed_linear.pack_linears(model)
     return model, deepspeed_engine
 
 

@@ -1,0 +1,148 @@
+"""The engine's CPU fast paths are exact where they say so: packed bf16 weights give
+``F.linear``'s bits, one argmax per decode step gives each row's own choice, and prefill
+attention on grouped heads gives transformers' SDPA bits (serving/packed_linear.py,
+serving/slot_decoding.py, serving/attention.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from serving import packed_linear
+from serving.attention import _prefill_attention
+from serving.packed_linear import PackedLinear, pack_linears
+from serving.slot_decoding import RowRequest, choose_token
+
+needs_onednn = pytest.mark.skipif(not packed_linear.available(), reason="no oneDNN in torch")
+
+# SmolLM2-135M's projections: q/o, k/v, gate/up, down, and the output layer
+SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576)]
+
+
+@pytest.mark.unit
+@needs_onednn
+@pytest.mark.parametrize(("out_features", "in_features"), SHAPES)
+def test_packed_linear_gives_f_linear_bits_at_every_row_count(
+    out_features: int, in_features: int
+) -> None:
+    torch.manual_seed(out_features + in_features)
+    layer = nn.Linear(in_features, out_features, bias=False).to(torch.bfloat16)
+    weight = layer.weight.detach().clone()
+    assert pack_linears(layer) == 1 and isinstance(layer, PackedLinear)
+    with torch.inference_mode():
+        for rows in (1, 2, 3, 8, 16):
+            x = torch.randn(rows, 1, in_features).to(torch.bfloat16)
+            assert torch.equal(layer(x), F.linear(x, weight)), rows
+        prompt = torch.randn(1, 130, in_features).to(torch.bfloat16)  # a prefill's shape
+        assert torch.equal(layer(prompt), F.linear(prompt, weight))
+
+
+@pytest.mark.unit
+@needs_onednn
+def test_pack_linears_follows_changed_weights_and_leaves_the_rest_plain() -> None:
+    model = nn.ModuleDict(
+        {
+            "proj": nn.Linear(64, 32, bias=True).to(torch.bfloat16),
+            "lora_A": nn.Linear(64, 4, bias=False).to(torch.bfloat16),  # PEFT's own layer
+            "fp32": nn.Linear(64, 32),
+        }
+    )
+    assert pack_linears(model) == 1
+    assert type(model["lora_A"]) is nn.Linear and type(model["fp32"]) is nn.Linear
+    proj = model["proj"]
+    x = torch.randn(4, 64).to(torch.bfloat16)
+    with torch.no_grad():
+        proj.weight.data.add_(1.0)  # an adapter merged into the weights, as PEFT does
+    pack_linears(model)  # what loading.finish does after every adapter change
+    with torch.inference_mode():
+        assert torch.equal(proj(x), F.linear(x, proj.weight, proj.bias))
+    # with grad (training), a plain Linear: the gradient reaches the weight
+    x.requires_grad_(True)
+    proj(x).float().sum().backward()
+    assert proj.weight.grad is not None
+
+
+@pytest.mark.unit
+def test_one_argmax_per_step_chooses_each_rows_own_token() -> None:
+    """``choose_token`` with the step's argmax equals the argmax of the row's changed logits,
+    over bf16 logits full of ties, repetition penalties, suppressed first tokens and eos
+    forbidden before ``min_new_tokens``."""
+    generator = torch.Generator().manual_seed(7)
+    eos = 3
+    shortcuts = 0
+    for case in range(400):
+        # few distinct values: ties between eos, seen tokens and the rest are common
+        logits = (torch.randint(-4, 5, (50,), generator=generator) / 2).to(torch.bfloat16)
+        generated = case % 4
+        seen = {int(t) for t in torch.randint(0, 50, (generated,), generator=generator)}
+        request = RowRequest(
+            prompt_ids=[1],
+            max_new_tokens=10,
+            suppress_first=(0, 1, 2) if case % 3 == 0 else (),
+            min_new_tokens=2 if case % 5 else 0,
+            repetition_penalty=1.3 if case % 2 else 1.0,
+        )
+        argmax = int(logits.float().argmax())
+        fast = choose_token(logits, request, generated, seen, eos, argmax)
+        slow = choose_token(logits, request, generated, seen, eos)
+        assert fast == slow, case
+        shortcuts += fast == argmax
+    assert 50 < shortcuts < 400  # both paths taken
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("cached", [0, 60])
+def test_prefill_attention_gives_transformers_sdpa_bits(cached: int) -> None:
+    """A 300-token prompt after ``cached`` keys (a prefix and padding between, masked), and
+    with no mask at all: bit for bit what transformers' SDPA path computes."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(1)
+    q_len = 300
+    kv_len = cached + q_len
+    query = torch.randn(1, 9, q_len, 64)
+    key, value = torch.randn(1, 3, kv_len, 64), torch.randn(1, 3, kv_len, 64)
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True)
+    masks: list[torch.Tensor | None] = [None] if cached == 0 else []
+    columns, rows = torch.arange(kv_len), torch.arange(cached, kv_len)
+    causal = columns[None, :] <= rows[:, None]
+    if cached:
+        causal[:, 40:cached] = False  # the padding between the prefix and the prompt
+    masks.append(causal[None, None])
+    for mask in masks:
+        ours = _prefill_attention(query, key, value, mask, 0.125)
+        theirs, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.125)
+        assert ours.shape == (1, q_len, 9, 64)
+        assert torch.equal(ours, theirs)
+
+
+@pytest.mark.local
+@needs_onednn
+def test_packed_weights_leave_every_result_bit_for_bit(engine, engine_settings) -> None:  # type: ignore[no-untyped-def]
+    """The default engine (packed) and the same profile unpacked: the same Results, rating
+    and importance included, bit for bit."""
+    from serving.engine import SummarizeEngine
+    from tests.engine_articles import GRADED
+
+    if engine.profile.dtype != "bfloat16":
+        pytest.skip("packing applies to bf16 weights (this CPU has no native bf16)")
+    profile = engine.profile
+    unpacked = SummarizeEngine.load(
+        profile.model_copy(
+            update={"cpu": profile.cpu.model_copy(update={"packed_weights": False})}
+        ),
+        engine_settings,
+    )
+    model = unpacked.decoder.model
+    assert not any(isinstance(m, PackedLinear) for m in model.modules())
+    assert any(isinstance(m, PackedLinear) for m in engine.decoder.model.modules())
+    articles = GRADED[:3]
+    ours = engine.summarize(articles)
+    theirs = unpacked.summarize(articles)
+    assert [r.model_dump(exclude={"timings"}) for r in ours] == [
+        r.model_dump(exclude={"timings"}) for r in theirs
+    ]
