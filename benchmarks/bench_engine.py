@@ -11,10 +11,11 @@ tokens each (eos suppressed on both sides so every run decodes exactly 64 tokens
    pass, the embedding prior, parsing: everything a Result needs) against the bare fp32
    transformers model's ``generate(do_sample=False)`` (its own SDPA attention, no engine code)
    on the same left-padded prompt ids, same process, same threads; the ratio engine / bare.
-   And against the runtime users would pick for speed on a CPU, OpenVINO GenAI (the fastest
-   measured here, ../shared/ANCHORS.md), when its virtualenv is installed
-   (``benchmarks/anchors/setup_openvino.sh``): same prompt ids, same threads, run after the
-   engine in a process of its own; the ratio engine / OpenVINO is the one issue 14 targets.
+   And against the runtimes users would pick for speed on a CPU, each when its virtualenv is
+   installed: OpenVINO GenAI (the fastest measured here, ../shared/ANCHORS.md;
+   ``benchmarks/anchors/setup_openvino.sh``) and vLLM's CPU build (what Ray Serve LLM runs;
+   ``benchmarks/anchors/setup_vllm.sh``): same prompt ids, same threads, each run after the
+   engine in a process of its own; the ratios engine / anchor are the ones issue 14 targets.
    Then where the engine's time goes at each batch size: prefill, decode (the model's forward
    vs the loop's Python per step), the rating pass, embeddings, and the rest (parsing, the
    verifier, Result assembly).
@@ -44,6 +45,8 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from benchmarks.anchors.openvino_anchor import SETUP, OpenVinoAnchor  # noqa: E402
+from benchmarks.anchors.vllm_anchor import SETUP as VLLM_SETUP  # noqa: E402
+from benchmarks.anchors.vllm_anchor import VllmAnchor  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
 from core.article import Article  # noqa: E402
 from serving.decoding import left_pad  # noqa: E402
@@ -228,6 +231,7 @@ def invariant(engine: SummarizeEngine, articles: list[Article], new_tokens: int)
 
 # name -> (cpu option changes, profile changes), applied to the benchmarked profile
 VARIANTS: dict[str, tuple[dict, dict]] = {
+    "unpacked": ({"packed_weights": False}, {}),  # bf16 weights reordered at every call
     "fp32": ({}, {"dtype": "float32"}),
     "no-prefix-cache": ({"reuse_prefix_cache": False}, {}),
     "prompt-320": ({}, {"max_prompt_tokens": 320}),
@@ -257,17 +261,26 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
         "--anchor",
-        choices=("auto", "openvino", "none"),
+        choices=("auto", "openvino", "vllm", "none"),
         default="auto",
-        help="same-run yardstick: auto = OpenVINO GenAI when its virtualenv is installed",
+        help="same-run yardsticks: auto = each of OpenVINO GenAI and vLLM CPU whose virtualenv "
+        "is installed; openvino / vllm: that one (an error when it is not installed)",
     )
     args = parser.parse_args()
-    anchor = OpenVinoAnchor() if args.anchor != "none" else None
-    if anchor is not None and not anchor.available():
-        if args.anchor == "openvino":
-            parser.error(f"OpenVINO GenAI is not installed: run {SETUP}")
-        print(f"(no OpenVINO GenAI yardstick: run {SETUP} to add it)")
-        anchor = None
+    anchors: list[OpenVinoAnchor | VllmAnchor] = []
+    for name, anchor_type, setup in (
+        ("openvino", OpenVinoAnchor, SETUP),
+        ("vllm", VllmAnchor, VLLM_SETUP),
+    ):
+        if args.anchor not in ("auto", name):
+            continue
+        candidate = anchor_type()
+        if candidate.available():
+            anchors.append(candidate)
+        elif args.anchor == name:
+            parser.error(f"{candidate.label} is not installed: run {setup}")
+        else:
+            print(f"(no {candidate.label} yardstick: run {setup} to add it)")
 
     settings = Settings(**({"state_dir": args.state_dir} if args.state_dir else {}))
     state = settings.resolved_state_dir()
@@ -323,10 +336,8 @@ def main() -> None:
         )
     del bare
 
-    if anchor is not None:
-        prompts = [
-            build_prompt(engine.tokenizer, a, profile.max_prompt_tokens).ids for a in articles
-        ]
+    prompts = [build_prompt(engine.tokenizer, a, profile.max_prompt_tokens).ids for a in articles]
+    for anchor in anchors:
         ran = anchor.run(
             engine.model_dir,
             prompts,
@@ -335,15 +346,15 @@ def main() -> None:
             repeats=args.repeats,
             threads=torch.get_num_threads(),
         )
-        print(f"\n| batch | engine (art/s) | {ran.label} (art/s) | engine / OpenVINO |")
+        print(f"\n| batch | engine (art/s) | {ran.label} (art/s) | engine / {anchor.short} |")
         print("|---:|---:|---:|---:|")
         for row in rows:
             theirs = ran.aps[row["batch"]]
-            row["anchor_aps"] = theirs
-            row["ratio_anchor"] = row["engine_aps"] / theirs
+            row[f"{anchor.short}_aps"] = theirs
+            row[f"ratio_{anchor.short}"] = row["engine_aps"] / theirs
             print(
                 f"| {row['batch']} | {row['engine_aps']:.3f} | {theirs:.3f} "
-                f"| {row['ratio_anchor']:.2f}x |",
+                f"| {row['engine_aps'] / theirs:.2f}x |",
                 flush=True,
             )
 

@@ -35,6 +35,7 @@ class OpenVinoAnchor:
         self.ir_root = root / "ir"
         self.weights = weights
         self.label = f"OpenVINO GenAI 2026.4 ({weights} weights, bf16)"
+        self.short = "OpenVINO"
 
     def available(self) -> bool:
         return self.python.exists()

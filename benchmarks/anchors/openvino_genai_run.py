@@ -16,8 +16,9 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from anchor_timing import time_batches  # this folder: first on the runner's sys.path
 
 
 def export(src: Path, out: Path, weights: str) -> None:
@@ -63,17 +64,8 @@ def run(args: argparse.Namespace) -> None:
         inputs = genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
         return pipe.generate(inputs, config)
 
-    generate(prompts[:1])  # warm-up: compilation, first allocations
-    out: dict[str, object] = {"aps": {}}
-    for b in [int(x) for x in args.batch_sizes.split(",") if x]:
-        best = float("inf")
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            result = generate(prompts[:b])
-            best = min(best, time.perf_counter() - started)
-        out["aps"][str(b)] = b / best  # type: ignore[index]
-        if b == 1:
-            out["tokens_first"] = list(result.tokens[0])
+    sizes = [int(x) for x in args.batch_sizes.split(",") if x]
+    out = time_batches(generate, lambda result: result.tokens[0], prompts, sizes, args.repeats)
     print(json.dumps(out))
 
 
