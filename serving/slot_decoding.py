@@ -300,9 +300,6 @@ class SlotBatch:
     def _take(self, slot: int, row: _Row, logits: torch.Tensor, argmax: int | None = None) -> bool:
         """Choose the row's next token (:func:`choose_token`); True when the row has ended."""
         token = choose_token(logits, row.request, len(row.tokens), row.seen, self.eos_id, argmax)
-        return self._append(row, token)
-
-    def _append(self, row: _Row, token: int) -> bool:
         row.tokens.append(token)
         row.seen.add(token)
         return token == self.eos_id or len(row.tokens) >= row.request.max_new_tokens
