@@ -36,7 +36,12 @@ def test_packed_linear_gives_f_linear_bits_at_every_row_count(
             x = torch.randn(rows, 1, in_features).to(torch.bfloat16)
             assert torch.equal(layer(x), F.linear(x, weight)), rows
         prompt = torch.randn(1, 130, in_features).to(torch.bfloat16)  # a prefill's shape
-        assert torch.equal(layer(prompt), F.linear(prompt, weight))
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out = layer(prompt)
+        assert torch.equal(out, F.linear(prompt, weight))
+    # the packed kernel ran (not F.linear's fallback, which gives these bits trivially)
+    ops = {event.name for event in prof.events()}
+    assert "mkldnn::_linear_pointwise" in ops and "aten::linear" not in ops, ops
 
 
 @pytest.mark.unit
@@ -96,7 +101,8 @@ def test_one_argmax_per_step_chooses_each_rows_own_token() -> None:
 @pytest.mark.parametrize("cached", [0, 60])
 def test_prefill_attention_gives_transformers_sdpa_bits(cached: int) -> None:
     """A 300-token prompt after ``cached`` keys (a prefix and padding between, masked), and
-    with no mask at all: bit for bit what transformers' SDPA path computes."""
+    with no mask at all: bit for bit what transformers' SDPA path computes. With no mask after
+    cached keys (a path transformers does not take): the causal mask from the last key back."""
     from types import SimpleNamespace
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -118,6 +124,12 @@ def test_prefill_attention_gives_transformers_sdpa_bits(cached: int) -> None:
         theirs, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.125)
         assert ours.shape == (1, q_len, 9, 64)
         assert torch.equal(ours, theirs)
+    if cached:  # no mask after cached keys: causal from the last key back, not SDPA's top-left
+        plain = (columns[None, :] <= rows[:, None])[None, None]
+        assert torch.equal(
+            _prefill_attention(query, key, value, None, 0.125),
+            _prefill_attention(query, key, value, plain, 0.125),
+        )
 
 
 @pytest.mark.local
