@@ -20,6 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ANCHORS_DIR = Path(os.environ.get("NEWSDESK_ANCHORS_DIR", Path.home() / ".cache/newsdesk-anchors"))
 SETUP = HERE / "setup_openvino.sh"
+RUNNER = HERE / "openvino_genai_run.py"
 
 
 @dataclass
@@ -27,6 +28,15 @@ class AnchorRun:
     label: str
     aps: dict[int, float]  # articles/s by batch size
     tokens_first: list[int]  # the first prompt's tokens at batch 1
+
+    @classmethod
+    def of(cls, label: str, data: dict) -> AnchorRun:
+        """From a runner's JSON (``anchor_timing.time_batches``)."""
+        return cls(
+            label=label,
+            aps={int(b): float(v) for b, v in data["aps"].items()},
+            tokens_first=data.get("tokens_first", []),
+        )
 
 
 class OpenVinoAnchor:
@@ -58,29 +68,53 @@ class OpenVinoAnchor:
         threads: int,
     ) -> AnchorRun:
         ir = self.ir_for(model_dir)
-        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
-            json.dump(prompts, f)
-            f.flush()
-            out = self._call(
-                "run", str(ir), f.name,
-                "--batch-sizes", ",".join(str(b) for b in batch_sizes),
-                "--new-tokens", str(new_tokens),
-                "--repeats", str(repeats),
-                "--threads", str(threads),
-            )  # fmt: skip
-        data = json.loads(out.strip().splitlines()[-1])
-        return AnchorRun(
-            label=self.label,
-            aps={int(b): float(v) for b, v in data["aps"].items()},
-            tokens_first=data.get("tokens_first", []),
-        )
+        data = call_runner(
+            self.python, RUNNER, "run", str(ir), prompts=prompts,
+            options=timing_options(batch_sizes, new_tokens, repeats, threads),
+        )  # fmt: skip
+        return AnchorRun.of(self.label, data)
 
     def _call(self, *args: str) -> str:
-        done = subprocess.run(
-            [str(self.python), str(HERE / "openvino_genai_run.py"), *args],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"OpenVINO anchor failed: {done.stderr[-2000:]}")
-        return done.stdout
+        return call_runner_text(self.python, RUNNER, *args)
+
+
+def timing_options(
+    batch_sizes: list[int], new_tokens: int, repeats: int, threads: int
+) -> list[str]:
+    """The options both runners take (``anchor_timing``'s inputs)."""
+    return [
+        "--batch-sizes", ",".join(str(b) for b in batch_sizes),
+        "--new-tokens", str(new_tokens),
+        "--repeats", str(repeats),
+        "--threads", str(threads),
+    ]  # fmt: skip
+
+
+def call_runner_text(
+    python: Path, script: Path, *args: str, env: dict[str, str] | None = None
+) -> str:
+    """``python script args`` in the anchor's virtualenv; its stdout."""
+    done = subprocess.run(
+        [str(python), str(script), *args], capture_output=True, text=True, env=env
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{script.name} failed: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def call_runner(
+    python: Path,
+    script: Path,
+    *args: str,
+    prompts: list[list[int]],
+    options: list[str],
+    env: dict[str, str] | None = None,
+) -> dict:
+    """A runner's ``run``: ``prompts`` handed over in a JSON file; its result is the line of
+    stdout that starts ``{"aps"`` (a runtime may log to stdout too, even after it)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump(prompts, f)
+        f.flush()
+        out = call_runner_text(python, script, *args, f.name, *options, env=env)
+    line = next(x for x in reversed(out.splitlines()) if x.startswith('{"aps"'))
+    return json.loads(line)

