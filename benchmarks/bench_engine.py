@@ -231,6 +231,7 @@ def invariant(engine: SummarizeEngine, articles: list[Article], new_tokens: int)
 
 # name -> (cpu option changes, profile changes), applied to the benchmarked profile
 VARIANTS: dict[str, tuple[dict, dict]] = {
+    "pytorch-attention": ({"attention_kernels": False}, {}),  # SDPA + matmuls, fp32 cache
     "unpacked": ({"packed_weights": False}, {}),  # bf16 weights reordered at every call
     "fp32": ({}, {"dtype": "float32"}),
     "no-prefix-cache": ({"reuse_prefix_cache": False}, {}),

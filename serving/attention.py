@@ -28,6 +28,8 @@ from torch.nn import functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from serving import kernels
+
 NAME = "newsdesk_cpu"
 
 
@@ -92,11 +94,20 @@ def engine_attention(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """fp32 attention; decode steps through :func:`_decode_attention`. Returns
-    ``(B, q_len, H, D)`` in the query's dtype, like transformers' SDPA function."""
+    """fp32 attention: the engine's kernels (:mod:`serving.kernels`) where the cache holds
+    bf16 (the slot cache does when they are built), else PyTorch's (decode steps through
+    :func:`_decode_attention`). Returns ``(B, q_len, H, D)`` in the query's dtype, like
+    transformers' SDPA function."""
     dtype = query.dtype
-    query, key, value = query.float(), key.float(), value.float()
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if key.dtype == torch.bfloat16:  # the slot cache, kept in bf16 for the kernels
+        if query.shape[2] == 1 and attention_mask is not None:
+            out = kernels.decode_attention(query, key, value, attention_mask, scale)
+        else:
+            out = kernels.prefill_attention(query, key, value, attention_mask, scale)
+        if out is not None:
+            return out.to(dtype), None
+    query, key, value = query.float(), key.float(), value.float()
     if query.shape[2] == 1:
         out = _decode_attention(query, key, value, attention_mask, scale)
     else:

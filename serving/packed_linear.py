@@ -18,12 +18,21 @@ forward differs, and only in inference on bf16 inputs. The packed copy follows t
 was made from: :func:`pack_linears` runs again after every adapter change (the engine's
 ``loading.finish``), and a merged adapter's weights are packed anew.
 
+Sibling projections of one input (a block's q/k/v, its gate/up) are packed as one matrix and
+run as one matmul (:class:`_Siblings`): each member hands back its columns of the shared
+output. oneDNN computes every output column by the same reduction whatever the matrix's width,
+so the bits are again ``F.linear``'s (tested), at 2 matmuls a block instead of 5 (a decode step
+at 8 rows: 11.3 vs 13.3 ms of matmuls). PEFT's LoRA layers wrap the members and call each with
+the block's input unchanged, so they compose.
+
 The cost is memory: the plain weights stay (PEFT merges into them, the tied output layer is
 the embedding table, training reads them), so a replica holds the Linear weights twice (+270
 MB for SmolLM2-135M in bf16). ``cpu.packed_weights: false`` in a profile turns it off.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 from torch import nn
@@ -39,21 +48,69 @@ def available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _ROWS_HINT)
+
+
+def _matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    flat = x.reshape(-1, x.shape[-1])
+    return torch.ops.mkldnn._linear_pointwise(flat, packed, bias, "none", [], "")
+
+
+class _Siblings:
+    """Linears that a block calls one after another on the same input (q, k, v), packed as one
+    matrix: the first member called on an input runs the matmul for all, and each member
+    takes its columns once; a member called on another input (or twice) runs it again."""
+
+    def __init__(self, members: list[PackedLinear]) -> None:
+        self.members = members
+        self.packed = _pack(torch.cat([m.weight for m in members]))
+        biases = [m.bias for m in members]
+        self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])  # type: ignore[union-attr]
+        edges = [0]
+        for m in members:
+            edges.append(edges[-1] + m.out_features)
+        self.columns = list(itertools.pairwise(edges))
+        self._input: torch.Tensor | None = None
+        self._output: torch.Tensor | None = None
+        self._pending: set[int] = set()
+
+    def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if self._input is not x or index not in self._pending:
+            self._output = _matmul(x, self.packed, self.bias)
+            self._input = x
+            self._pending = set(range(len(self.members)))
+        start, end = self.columns[index]
+        out = self._output[:, start:end]  # type: ignore[index]
+        self._pending.discard(index)
+        if not self._pending:  # every member has its columns: hold no tensor past the block
+            self._input = self._output = None
+        return out
+
+
 class PackedLinear(nn.Linear):
-    """An ``nn.Linear`` whose inference forward uses its weight packed for oneDNN."""
+    """An ``nn.Linear`` whose inference forward uses its weight packed for oneDNN (alone, or
+    as a member of :class:`_Siblings`)."""
 
     _packed: torch.Tensor | None = None
+    _siblings: tuple[_Siblings, int] | None = None
 
     def pack(self) -> None:
-        weight = self.weight.detach()
-        self._packed = torch.ops.mkldnn._reorder_linear_weight(weight, _ROWS_HINT)
+        self._packed = _pack(self.weight)
+        self._siblings = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        packed = self._packed
-        if packed is None or x.dtype != torch.bfloat16 or torch.is_grad_enabled():
+        packed, siblings = self._packed, self._siblings
+        if (
+            (packed is None and siblings is None)
+            or x.dtype != torch.bfloat16
+            or torch.is_grad_enabled()
+        ):
             return F.linear(x, self.weight, self.bias)
-        flat = x.reshape(-1, self.in_features)
-        out = torch.ops.mkldnn._linear_pointwise(flat, packed, self.bias, "none", [], "")
+        if siblings is not None:
+            out = siblings[0].output(siblings[1], x)
+        else:
+            out = _matmul(x, packed, self.bias)  # type: ignore[arg-type]
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -71,4 +128,32 @@ def pack_linears(model: nn.Module) -> int:
         module.__class__ = PackedLinear
         module.pack()  # type: ignore[attr-defined]
         count += 1
+    _fuse_siblings(model)
     return count
+
+
+# a block's projections of one input, by attribute name (LLaMA-style models)
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def _fuse_siblings(model: nn.Module) -> int:
+    """Pack each block's :data:`SIBLINGS` as one matrix (their own packed copies dropped);
+    returns how many groups."""
+    groups = 0
+    for parent in model.modules():
+        for names in SIBLINGS:
+            # under PEFT each projection is a LoRA layer calling its plain one as base_layer
+            found = [getattr(parent, n, None) for n in names]
+            members = [getattr(m, "base_layer", m) for m in found]
+            if not all(isinstance(m, PackedLinear) and m._packed is not None for m in members):
+                continue
+            if len({m.in_features for m in members}) != 1:
+                continue
+            if len({m.bias is None for m in members}) != 1:
+                continue
+            group = _Siblings(members)  # type: ignore[arg-type]
+            for index, member in enumerate(members):
+                member._packed = None  # type: ignore[union-attr]
+                member._siblings = (group, index)  # type: ignore[union-attr]
+            groups += 1
+    return groups

@@ -116,6 +116,12 @@ class CpuOptions(BaseModel):
         description="bf16 Linear weights reordered for oneDNN once, not at every call "
         "(exact: the same bits, about half the decode step's matmul time).",
     )
+    attention_kernels: bool = Field(
+        default=True,
+        description="Attention (decode steps, prefill, rating) in the engine's C kernels over "
+        "a bf16 slot cache (serving/kernels; bf16 models, where a C compiler exists): "
+        "batch-invariant like PyTorch's path, not the same bits (fp32 sums in another order).",
+    )
     int8_decode: bool = Field(
         default=False, description="Weight-only int8 Linear layers in decode steps."
     )

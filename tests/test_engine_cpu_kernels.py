@@ -69,6 +69,71 @@ def test_pack_linears_follows_changed_weights_and_leaves_the_rest_plain() -> Non
     assert proj.weight.grad is not None
 
 
+class _Block(nn.Module):
+    """A LLaMA-style block's projections (the names :data:`packed_linear.SIBLINGS` groups)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name, out in (("q_proj", 96), ("k_proj", 32), ("v_proj", 32), ("o_proj", 64)):
+            setattr(self, name, nn.Linear(64, out, bias=False))
+        self.gate_proj, self.up_proj = (
+            nn.Linear(64, 128, bias=False),
+            nn.Linear(64, 128, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        mixed = self.o_proj(q[..., :64] + torch.cat([k, v], -1))
+        return mixed + (F.silu(self.gate_proj(x)) * self.up_proj(x))[..., :64]
+
+
+@pytest.mark.unit
+@needs_onednn
+@pytest.mark.parametrize("lora", [False, True])
+def test_sibling_projections_run_as_one_matmul_with_the_same_bits(lora: bool) -> None:
+    """q/k/v and gate/up packed as one matrix each: every member's output is the bits of its
+    own ``F.linear``, in any call order, with PEFT's LoRA layers wrapping the members, and
+    after the weights change."""
+    import copy
+
+    torch.manual_seed(3)
+    block: nn.Module = _Block().to(torch.bfloat16)
+    if lora:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"])
+        block = inject_adapter_in_model(config, block)
+        for name, param in block.named_parameters():
+            if "lora_B" in name:  # PEFT starts B at zero: make the adapter do something
+                nn.init.normal_(param, std=0.5)
+        block = block.to(torch.bfloat16)
+    plain = copy.deepcopy(block)
+    pack_linears(block)
+    members = [getattr(block, n) for n in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")]
+    members = [getattr(m, "base_layer", m) for m in members]
+    assert all(isinstance(m, PackedLinear) and m._siblings is not None for m in members)
+    assert block.o_proj._siblings is None and block.o_proj._packed is not None
+    with torch.inference_mode():
+        for rows in (1, 2, 8, 130):
+            x = torch.randn(rows, 64).to(torch.bfloat16)
+            assert torch.equal(block(x), plain(x)), rows
+            # out of order, and one member twice on the same input
+            for name in ("v_proj", "q_proj", "v_proj", "k_proj"):
+                assert torch.equal(getattr(block, name)(x), getattr(plain, name)(x)), name
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            block(torch.randn(8, 64).to(torch.bfloat16))
+    matmuls = [e for e in prof.events() if e.name == "mkldnn::_linear_pointwise"]
+    assert len(matmuls) == 3  # q/k/v, o, gate/up
+    with torch.no_grad():  # an adapter merged into the weights
+        for module in (block, plain):
+            target = getattr(module.k_proj, "base_layer", module.k_proj)
+            target.weight.add_(0.5)
+    pack_linears(block)
+    with torch.inference_mode():
+        x = torch.randn(4, 64).to(torch.bfloat16)
+        assert torch.equal(block(x), plain(x))
+
+
 @pytest.mark.unit
 def test_one_argmax_per_step_chooses_each_rows_own_token() -> None:
     """``choose_token`` with the step's argmax equals the argmax of the row's changed logits,

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from serving import prompt
+from serving import kernels, prompt
 from serving.decoding import (
     DecodeOutput,
     PrefixCache,
@@ -63,6 +63,16 @@ class Decoder:
         self.cache_dtype = (
             torch.float32 if on_cpu and profile.dtype in ("bfloat16", "float16") else None
         )
+        # The slot cache (every greedy CPU decode) holds bf16 where the engine's attention
+        # kernels read it (serving/kernels): keys and values are computed in bf16, so storing
+        # them in bf16 is exact, and attention still sums in fp32.
+        self.attention_kernels = (
+            on_cpu
+            and profile.dtype == "bfloat16"
+            and profile.cpu.attention_kernels
+            and kernels.available()
+        )
+        self.slot_cache_dtype = torch.bfloat16 if self.attention_kernels else self.cache_dtype
         # CPU: each prompt prefilled alone into fixed-width slots (batch invariance by
         # construction, serving/decoding.py); GPU: the batch prefilled together.
         self.slots: int | None = None
@@ -95,7 +105,7 @@ class Decoder:
             prefix=self.prefix,
             rating_suffix=self.rating_suffix,
             score_ids=self.score_ids,
-            cache_dtype=self.cache_dtype,
+            cache_dtype=self.slot_cache_dtype,
         )
 
     def text(self, ids: list[int]) -> str:

@@ -1,0 +1,225 @@
+"""The engine's own CPU kernels: attention over the slot KV cache (``attention.c``, whose
+comments say what each computes and why it is batch-invariant): decode steps (one query per
+row, :func:`decode_attention`) and one row's prefill or rating pass (:func:`prefill_attention`).
+
+PyTorch has no CPU attention that is both batch-invariant and fast here: its SDPA splits work
+by batch size, two batched matmuls read an fp32 cache through small-M gemms at ~14 GB/s, and
+its flash kernel runs a prompt at a fraction of the fp32 rate. Attention is the one piece of
+arithmetic the engine writes by hand, the way vLLM's CPU build ships its own.
+
+The kernels are C with no dependency, built on first use by the system's C compiler for this
+CPU (``-march=native``; OpenMP from torch's own runtime, already loaded) into
+``$XDG_CACHE_HOME/newsdesk/kernels``, keyed by the source, the compiler and the CPU's flags
+(a shared home on a mixed cluster keeps one build per CPU kind), and called through ctypes
+(which releases the GIL).
+
+Without a C compiler (or on a platform it does not build on) :func:`load` returns None and
+the engine keeps PyTorch's path with an fp32 cache, logged once: slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("attention.c")
+# -mprefer-vector-width: GCC 12 tunes AVX-512 CPUs it does not know (Zen 4) for 128-bit vectors
+FLAGS = (
+    "-O3",
+    "-march=native",
+    "-mprefer-vector-width=512",
+    "-fopenmp",
+    "-fPIC",
+    "-shared",
+    "-std=gnu11",
+)
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "newsdesk" / "kernels"
+
+
+def _cpu_key() -> str:
+    """The CPU's model and flags (``-march=native`` builds for exactly these)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    wanted = ("model name", "flags")
+    return "|".join(next((x for x in lines if x.startswith(w)), "") for w in wanted)
+
+
+def build(compiler: str, flags: tuple[str, ...] = FLAGS) -> Path:
+    """The shared library built from :data:`SOURCE` with ``flags`` (cached: built once)."""
+    version = subprocess.run(
+        [compiler, "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    digest = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), compiler, version, " ".join(flags), _cpu_key()]).encode()
+    ).hexdigest()[:16]
+    target = _cache_dir() / f"attention-{digest}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # built beside its final name and renamed: replicas starting together never load half a file
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        subprocess.run(
+            [compiler, *flags, "-o", str(built), str(SOURCE)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        os.replace(built, target)
+    return target
+
+
+def compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def open_library(path: Path) -> ctypes.CDLL:
+    """Load a built library and declare its functions' C signatures."""
+    library = ctypes.CDLL(str(path))
+    fn = library.newsdesk_decode_attention
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.c_int]
+    fn = library.newsdesk_prefill_attention
+    fn.restype = ctypes.c_int
+    fn.argtypes = (
+        [ctypes.c_void_p] * 3
+        + [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+        + [ctypes.c_int] * 5
+        + [ctypes.c_float, ctypes.c_int]
+    )
+    return library
+
+
+@functools.cache
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel library, or None (logged) where it cannot be built here."""
+    cc = compiler()
+    if cc is None or platform.system() != "Linux":
+        log.warning("no C compiler: attention stays on PyTorch's kernels (slower)")
+        return None
+    try:
+        return open_library(build(cc))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        log.warning("attention kernels not built (%s): PyTorch's instead", detail)
+        return None
+
+
+def available() -> bool:
+    return load() is not None
+
+
+def decode_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+    library: ctypes.CDLL | None = None,
+) -> torch.Tensor | None:
+    """Attention of ``(n, H, 1, D)`` queries against ``(n, Hkv, L, D)`` bf16 keys and values
+    where ``mask`` (``(n, 1, 1, L)`` bool) is set; ``(n, 1, H, D)`` fp32. None when the kernel
+    is not built or the shapes are not ones it handles (the caller then uses PyTorch).
+    ``library``: another build of the kernels (tests), not the one :func:`load` gives."""
+    library = library or load()
+    rows, heads, _, dim = query.shape
+    kv_heads, capacity = key.shape[1], key.shape[2]
+    if (
+        library is None
+        or key.dtype != torch.bfloat16
+        or value.dtype != torch.bfloat16
+        or mask.dtype != torch.bool
+        or mask.shape != (rows, 1, 1, capacity)
+        or not (key.is_contiguous() and value.is_contiguous() and mask.is_contiguous())
+        or key.device.type != "cpu"
+    ):
+        return None
+    q = query.reshape(rows, heads, dim).float().contiguous()
+    out = torch.empty((rows, heads, dim), dtype=torch.float32)
+    groups = heads // kv_heads
+    work = torch.empty(rows * capacity * (1 + kv_heads * groups), dtype=torch.int32)
+    status = library.newsdesk_decode_attention(
+        q.data_ptr(),
+        key.data_ptr(),
+        value.data_ptr(),
+        mask.data_ptr(),
+        out.data_ptr(),
+        work.data_ptr(),
+        rows,
+        heads,
+        kv_heads,
+        capacity,
+        dim,
+        scale,
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        return None
+    return out.unsqueeze(1)
+
+
+def prefill_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    library: ctypes.CDLL | None = None,
+) -> torch.Tensor | None:
+    """Attention of one row's ``(1, H, Lq, D)`` queries (a prompt, the rating pass) against its
+    ``(1, Hkv, Lk, D)`` bf16 keys and values (views of the slot cache: columns contiguous,
+    heads strided), where ``mask`` (``(1, 1, Lq, Lk)`` bool) is set, or causal from the last
+    key back when it is None; ``(1, Lq, H, D)`` fp32. None where the kernel does not apply."""
+    library = library or load()
+    batch, heads, q_len, dim = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    if (
+        library is None
+        or batch != 1
+        or key.dtype != torch.bfloat16
+        or value.dtype != torch.bfloat16
+        or key.stride() != value.stride()
+        or key.stride()[2:] != (dim, 1)
+        or key.device.type != "cpu"
+        or (mask is not None and (mask.dtype != torch.bool or mask.shape[-2:] != (q_len, k_len)))
+    ):
+        return None
+    q = query.reshape(heads, q_len, dim).float().contiguous()
+    rows = None if mask is None else mask.reshape(q_len, k_len).contiguous()
+    out = torch.empty((q_len, heads, dim), dtype=torch.float32)
+    status = library.newsdesk_prefill_attention(
+        q.data_ptr(),
+        key.data_ptr(),
+        value.data_ptr(),
+        key.stride(1),
+        None if rows is None else rows.data_ptr(),
+        out.data_ptr(),
+        q_len,
+        k_len,
+        heads,
+        kv_heads,
+        dim,
+        scale,
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        return None
+    return out.unsqueeze(0)

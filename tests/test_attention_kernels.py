@@ -1,0 +1,194 @@
+"""The engine's attention kernels (serving/kernels): PyTorch's attention to fp32 rounding,
+each row's bits independent of the rows beside it (decode) and of the other queries of its
+tile (prefill), columns outside a row's mask never read, the portable C build giving the
+vectorized build's bits, and the engine's attention sending the bf16 slot cache to them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from serving import kernels
+from serving.attention import _decode_attention, _prefill_attention, engine_attention
+
+needs_kernel = pytest.mark.skipif(not kernels.available(), reason="no C compiler here")
+pytestmark = [pytest.mark.unit, needs_kernel]
+
+# (heads, kv heads, head dim): SmolLM2-135M's (the vectorized path), and shapes that take the
+# portable one (other groups, a 32-wide head, one kv head per query head)
+SHAPES = [(9, 3, 64), (8, 2, 64), (4, 4, 32), (6, 3, 48)]
+
+
+def _case(rows: int, heads: int, kv_heads: int, dim: int, capacity: int = 300, seed: int = 0):  # type: ignore[no-untyped-def]
+    generator = torch.Generator().manual_seed(seed)
+    query = torch.randn(rows, heads, 1, dim, generator=generator).to(torch.bfloat16)
+    key = torch.randn(rows, kv_heads, capacity, dim, generator=generator).to(torch.bfloat16)
+    value = torch.randn(rows, kv_heads, capacity, dim, generator=generator).to(torch.bfloat16)
+    # each row: a 20-column prefix, padding, its prompt, then the columns it has generated
+    mask = torch.zeros(rows, capacity, dtype=torch.bool)
+    for row in range(rows):
+        mask[row, :20] = True
+        mask[row, 40 + 7 * row : 200 + 3 * row] = True
+    return query, key, value, mask[:, None, None, :]
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), SHAPES)
+def test_kernel_matches_pytorch_attention_to_fp32_rounding(
+    heads: int, kv_heads: int, dim: int
+) -> None:
+    query, key, value, mask = _case(5, heads, kv_heads, dim)
+    out = kernels.decode_attention(query, key, value, mask, dim**-0.5)
+    assert out is not None and out.shape == (5, 1, heads, dim) and out.dtype == torch.float32
+    exact = _decode_attention(
+        query.double(), key.double(), value.double(), mask, dim**-0.5
+    )  # fp64: what both approximate
+    torch_fp32 = _decode_attention(query.float(), key.float(), value.float(), mask, dim**-0.5)
+    kernel_error = (out.double() - exact).abs().max().item()
+    torch_error = (torch_fp32.double() - exact).abs().max().item()
+    assert kernel_error < 1e-6, kernel_error
+    assert kernel_error < 4 * torch_error + 1e-7, (kernel_error, torch_error)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), SHAPES)
+def test_a_rows_bits_do_not_depend_on_the_rows_beside_it(
+    heads: int, kv_heads: int, dim: int
+) -> None:
+    query, key, value, mask = _case(9, heads, kv_heads, dim)
+    together = kernels.decode_attention(query, key, value, mask, 0.125)
+    assert together is not None
+    for row in (0, 4, 8):
+        alone = kernels.decode_attention(
+            query[row : row + 1],
+            key[row : row + 1],
+            value[row : row + 1],
+            mask[row : row + 1],
+            0.125,
+        )
+        assert alone is not None and torch.equal(alone[0], together[row]), row
+    # other company: rows from another draw around the same row, at another batch size
+    others = _case(9, heads, kv_heads, dim, seed=1)
+    mixed = [
+        torch.cat([o[:2], t[4:5], o[3:6]])
+        for o, t in zip(others, (query, key, value, mask), strict=True)
+    ]
+    out = kernels.decode_attention(*mixed, 0.125)  # type: ignore[call-arg]
+    assert out is not None and torch.equal(out[2], together[4])
+    # and with one thread instead of the default
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = kernels.decode_attention(query, key, value, mask, 0.125)
+    finally:
+        torch.set_num_threads(threads)
+    assert single is not None and torch.equal(single, together)
+
+
+def test_columns_outside_the_mask_are_never_read() -> None:
+    query, key, value, mask = _case(4, 9, 3, 64)
+    before = kernels.decode_attention(query, key, value, mask, 0.125)
+    hidden = ~mask[:, 0, 0, :]
+    key[hidden.nonzero(as_tuple=True)[0], :, hidden.nonzero(as_tuple=True)[1]] = float("inf")
+    value[hidden.nonzero(as_tuple=True)[0], :, hidden.nonzero(as_tuple=True)[1]] = float("nan")
+    after = kernels.decode_attention(query, key, value, mask, 0.125)
+    assert before is not None and after is not None
+    assert torch.isfinite(after).all() and torch.equal(after, before)
+
+
+def test_shapes_it_does_not_handle_fall_back_to_pytorch() -> None:
+    query, key, value, mask = _case(2, 9, 3, 64)
+    assert kernels.decode_attention(query, key.float(), value.float(), mask, 0.125) is None
+    assert kernels.decode_attention(query, key, value, mask.float(), 0.125) is None
+    odd = _case(2, 4, 2, 40)  # a head dimension that is not a multiple of 16
+    assert kernels.decode_attention(*odd, 0.125) is None  # type: ignore[call-arg]
+    out, _ = engine_attention(torch.nn.Module(), odd[0], odd[1], odd[2], odd[3], 0.125)
+    reference = _decode_attention(odd[0].float(), odd[1].float(), odd[2].float(), odd[3], 0.125)
+    assert torch.equal(out, reference.to(torch.bfloat16))
+
+
+def _prompt(
+    q_len: int, cached: int, padding: int, heads: int = 9, kv_heads: int = 3, dim: int = 64
+):  # type: ignore[no-untyped-def]
+    """One row's prefill: ``q_len`` queries after ``cached`` keys (a prefix, then ``padding``
+    masked columns), as views of a slot cache of 700 columns (heads strided by the capacity)."""
+    generator = torch.Generator().manual_seed(q_len + cached)
+    k_len = cached + q_len
+    query = torch.randn(1, heads, q_len, dim, generator=generator).to(torch.bfloat16)
+    keys = torch.randn(1, kv_heads, 700, dim, generator=generator).to(torch.bfloat16)
+    values = torch.randn(1, kv_heads, 700, dim, generator=generator).to(torch.bfloat16)
+    columns, rows = torch.arange(k_len), torch.arange(cached, k_len)
+    mask = columns[None, :] <= rows[:, None]
+    mask[:, cached - padding : cached] = False
+    return query, keys[:, :, :k_len], values[:, :, :k_len], mask[None, None]
+
+
+@pytest.mark.parametrize(("q_len", "cached", "padding"), [(436, 76, 14), (42, 500, 100), (9, 0, 0)])
+def test_prefill_kernel_matches_pytorch_attention_to_fp32_rounding(
+    q_len: int, cached: int, padding: int
+) -> None:
+    query, key, value, mask = _prompt(q_len, cached, padding)
+    assert not key.is_contiguous()  # a view of the slot cache, as in the engine
+    for m in (mask, None if padding == 0 else mask):
+        out = kernels.prefill_attention(query, key, value, m, 0.125)
+        assert out is not None and out.shape == (1, q_len, 9, 64)
+        exact = _prefill_attention(query.double(), key.double(), value.double(), m, 0.125)
+        torch_fp32 = _prefill_attention(query.float(), key.float(), value.float(), m, 0.125)
+        kernel_error = (out.double() - exact).abs().max().item()
+        torch_error = (torch_fp32.double() - exact).abs().max().item()
+        assert kernel_error < 2e-6 and kernel_error < 4 * torch_error + 1e-7
+
+
+def test_prefill_query_bits_do_not_depend_on_the_other_queries() -> None:
+    """A prompt's first 20 queries alone give the bits they have in the whole prompt (their
+    tiles attend fewer columns), and what masked columns hold does not count (any finite
+    values: they add exact zeros; the engine zeroes a slot before reusing it)."""
+    query, key, value, mask = _prompt(300, 60, 10)
+    whole = kernels.prefill_attention(query, key, value, mask, 0.125)
+    first = kernels.prefill_attention(query[:, :, :20], key, value, mask[:, :, :20], 0.125)
+    assert whole is not None and first is not None
+    assert torch.equal(first[0], whole[0, :20])
+    poisoned_k, poisoned_v = key.clone(), value.clone()
+    poisoned_k[:, :, 50:60], poisoned_v[:, :, 50:60] = 1e4, -3e38  # the padding columns
+    again = kernels.prefill_attention(query, poisoned_k, poisoned_v, mask, 0.125)
+    assert again is not None and torch.equal(again, whole)
+
+
+def test_portable_build_gives_the_vectorized_builds_bits(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The C loops without AVX-512 (what other CPUs run) and the AVX-512 code compute the same
+    sums in the same order: the same bits."""
+    import subprocess
+
+    if "avx512f" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU has no AVX-512: only the portable build runs here")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cc = kernels.compiler()
+    assert cc is not None
+    flags = (*tuple(f for f in kernels.FLAGS if f != "-march=native"), "-march=x86-64-v3")
+    try:
+        portable = kernels.open_library(kernels.build(cc, flags))
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(exc.stderr)
+    query, key, value, mask = _case(6, 9, 3, 64)
+    ours = kernels.decode_attention(query, key, value, mask, 0.125)
+    theirs = kernels.decode_attention(query, key, value, mask, 0.125, library=portable)
+    assert ours is not None and theirs is not None and torch.equal(ours, theirs)
+    query, key, value, mask = _prompt(100, 40, 8)
+    ours = kernels.prefill_attention(query, key, value, mask, 0.125)
+    theirs = kernels.prefill_attention(query, key, value, mask, 0.125, library=portable)
+    assert ours is not None and theirs is not None and torch.equal(ours, theirs)
+
+
+def test_engine_attention_sends_bf16_decode_steps_to_the_kernel() -> None:
+    query, key, value, mask = _case(3, 9, 3, 64)
+    out, _ = engine_attention(torch.nn.Module(), query, key, value, mask, 0.125)
+    direct = kernels.decode_attention(query, key, value, mask, 0.125)
+    assert direct is not None
+    assert out.dtype == torch.bfloat16 and torch.equal(out, direct.to(torch.bfloat16))
+    # an fp32 cache keeps PyTorch's path
+    out32, _ = engine_attention(torch.nn.Module(), query, key.float(), value.float(), mask, 0.125)
+    reference = _decode_attention(query.float(), key.float(), value.float(), mask, 0.125)
+    assert torch.equal(out32, reference.to(torch.bfloat16))
+    # and a row's prefill on the bf16 slot cache
+    query, key, value, mask = _prompt(50, 30, 5)
+    out, _ = engine_attention(torch.nn.Module(), query, key, value, mask, 0.125)
+    direct = kernels.prefill_attention(query, key, value, mask, 0.125)
+    assert direct is not None and torch.equal(out, direct.to(torch.bfloat16))
