@@ -245,7 +245,8 @@ static void tile_generic(const float *const *qs, int rows, const float *kth, con
         for (int d = 1; d < dim; d++)
             for (int r = 0; r < TILE; r++)
                 for (int j = 0; j < LANES; j++)
-                    acc[r][j] = __builtin_fmaf(qs[r][d], kth[(size_t)d * k_pad + c0 + j], acc[r][j]);
+                    acc[r][j] =
+                        __builtin_fmaf(qs[r][d], kth[(size_t)d * k_pad + c0 + j], acc[r][j]);
         for (int r = 0; r < rows; r++)
             for (int j = 0; j < LANES; j++) s[(size_t)r * k_pad + c0 + j] = acc[r][j] * scale;
     }
@@ -273,7 +274,8 @@ static void tile_generic(const float *const *qs, int rows, const float *kth, con
         float o[MAX_DIM];
         for (int d = 0; d < dim; d++) o[d] = 0.0f;
         for (int c = 0; c < span; c++)
-            for (int d = 0; d < dim; d++) o[d] = __builtin_fmaf(pr[c], vfh[(size_t)c * dim + d], o[d]);
+            for (int d = 0; d < dim; d++)
+                o[d] = __builtin_fmaf(pr[c], vfh[(size_t)c * dim + d], o[d]);
         memcpy(outs[r], o, sizeof(float) * (size_t)dim);
     }
 }
@@ -313,7 +315,8 @@ static void tile_avx512(const float *const *qs, int rows, const float *kth, cons
                 acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(qs[r][d]), kd, acc[r]);
         }
         for (int r = 0; r < rows; r++)
-            _mm512_storeu_ps(s + (size_t)r * k_pad + c0, _mm512_mul_ps(acc[r], _mm512_set1_ps(scale)));
+            _mm512_storeu_ps(s + (size_t)r * k_pad + c0,
+                             _mm512_mul_ps(acc[r], _mm512_set1_ps(scale)));
     }
     for (int r = 0; r < rows; r++) {
         float *si = s + (size_t)r * k_pad;
@@ -376,7 +379,7 @@ int newsdesk_prefill_attention(const float *q, const uint16_t *k, const uint16_t
                                int k_len, int heads, int kv_heads, int dim, float scale,
                                int threads) {
     if (kv_heads <= 0 || heads % kv_heads != 0 || dim % LANES != 0 || dim > MAX_DIM ||
-        q_len <= 0 || k_len <= 0)
+        q_len <= 0 || k_len <= 0 || (mask == NULL && q_len > k_len))
         return -1;
     const int groups = heads / kv_heads;
     const int k_pad = (k_len + LANES - 1) / LANES * LANES;
@@ -385,7 +388,8 @@ int newsdesk_prefill_attention(const float *q, const uint16_t *k, const uint16_t
      * by the allocator every time: ~0.8 MB, 30 calls a prompt) */
     static _Thread_local float *widened = NULL;
     static _Thread_local size_t widened_size = 0;
-    const size_t k_size = (size_t)kv_heads * dim * k_pad, needed = k_size + (size_t)kv_heads * k_len * dim;
+    const size_t k_size = (size_t)kv_heads * dim * k_pad;
+    const size_t needed = k_size + (size_t)kv_heads * k_len * dim;
     if (needed > widened_size) {
         float *grown = (float *)realloc(widened, sizeof(float) * needed);
         if (grown == NULL) return -1;
@@ -403,9 +407,11 @@ int newsdesk_prefill_attention(const float *q, const uint16_t *k, const uint16_t
         float *kth = kt + (size_t)h * dim * k_pad, *vfh = vf + (size_t)h * k_len * dim;
         for (int d = 0; d < dim; d++)
             for (int c = c_begin; c < c_end; c++)
-                kth[(size_t)d * k_pad + c] = c < k_len ? bf16_to_f32(kh[(size_t)c * dim + d]) : 0.0f;
+                kth[(size_t)d * k_pad + c] =
+                    c < k_len ? bf16_to_f32(kh[(size_t)c * dim + d]) : 0.0f;
         for (int c = c_begin; c < (c_end < k_len ? c_end : k_len); c++)
-            for (int d = 0; d < dim; d++) vfh[(size_t)c * dim + d] = bf16_to_f32(vh[(size_t)c * dim + d]);
+            for (int d = 0; d < dim; d++)
+                vfh[(size_t)c * dim + d] = bf16_to_f32(vh[(size_t)c * dim + d]);
     }
     const int tiles = (q_len + TILE - 1) / TILE;
     int failed = 0;
@@ -425,10 +431,10 @@ int newsdesk_prefill_attention(const float *q, const uint16_t *k, const uint16_t
             const int kv = head / groups;
             const float *kth = kt + (size_t)kv * dim * k_pad;
             const float *vfh = vf + (size_t)kv * k_len * dim;
-            /* the columns any query of the tile may attend: up to the causal limit of its
-             * last query (all of them under an explicit mask) */
+            /* the columns the tile computes: up to the causal limit of its last query, or
+             * under an explicit mask, up to the last column any of its queries attends */
             int span = k_len - q_len + i0 + rows;
-            if (mask != NULL) { /* past the last column any query of the tile attends */
+            if (mask != NULL) {
                 span = 0;
                 for (int r = 0; r < rows; r++)
                     for (int c = k_len - 1; c >= span; c--)
