@@ -66,13 +66,13 @@ class Decoder:
         # The slot cache (every greedy CPU decode) holds bf16 where the engine's attention
         # kernels read it (serving/kernels): keys and values are computed in bf16, so storing
         # them in bf16 is exact, and attention still sums in fp32.
-        self.attention_kernels = (
+        use_kernels = (
             on_cpu
             and profile.dtype == "bfloat16"
             and profile.cpu.attention_kernels
             and kernels.available()
         )
-        self.slot_cache_dtype = torch.bfloat16 if self.attention_kernels else self.cache_dtype
+        self.slot_cache_dtype = torch.bfloat16 if use_kernels else self.cache_dtype
         # CPU: each prompt prefilled alone into fixed-width slots (batch invariance by
         # construction, serving/decoding.py); GPU: the batch prefilled together.
         self.slots: int | None = None

@@ -96,7 +96,7 @@ def open_library(path: Path) -> ctypes.CDLL:
     library = ctypes.CDLL(str(path))
     fn = library.newsdesk_decode_attention
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.c_int]
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.c_int]
     fn = library.newsdesk_prefill_attention
     fn.restype = ctypes.c_int
     fn.argtypes = (
@@ -154,15 +154,12 @@ def decode_attention(
         return None
     q = query.reshape(rows, heads, dim).float().contiguous()
     out = torch.empty((rows, heads, dim), dtype=torch.float32)
-    groups = heads // kv_heads
-    work = torch.empty(rows * capacity * (1 + kv_heads * groups), dtype=torch.int32)
     status = library.newsdesk_decode_attention(
         q.data_ptr(),
         key.data_ptr(),
         value.data_ptr(),
         mask.data_ptr(),
         out.data_ptr(),
-        work.data_ptr(),
         rows,
         heads,
         kv_heads,

@@ -166,23 +166,41 @@ static void item_3x64(const float *qh, const uint16_t *kh, const uint16_t *vh, c
 }
 #endif
 
+/* Scratch memory the calling thread keeps between calls, grown as needed (`which`: one buffer
+ * per use; 0 decode, 1 prefill). For prefill's widened cache (~0.8 MB, once per layer) a fresh
+ * allocation per call was mapped and faulted in every time; decode's smaller scratch measured
+ * the same either way and shares the mechanism. NULL when it cannot grow. */
+static void *thread_buffer(int which, size_t bytes) {
+    static _Thread_local void *buffers[2];
+    static _Thread_local size_t sizes[2];
+    if (bytes > sizes[which]) {
+        void *grown = realloc(buffers[which], bytes);
+        if (grown == NULL) return NULL;
+        buffers[which] = grown;
+        sizes[which] = bytes;
+    }
+    return buffers[which];
+}
+
 /* q:    (rows, heads, dim) fp32, the step's queries
  * k, v: (slots, kv_heads, capacity, dim) bf16 (rows <= slots; row i is slot i)
  * mask: (rows, capacity) bytes, nonzero where the row attends
  * out:  (rows, heads, dim) fp32
- * work: rows * capacity ints + rows * kv_heads * (heads / kv_heads) * capacity floats
  * Returns 0, or -1 when a shape is outside what this kernel handles. */
 int newsdesk_decode_attention(const float *q, const uint16_t *k, const uint16_t *v,
-                              const uint8_t *mask, float *out, void *work, int rows, int heads,
-                              int kv_heads, int capacity, int dim, float scale, int threads) {
+                              const uint8_t *mask, float *out, int rows, int heads, int kv_heads,
+                              int capacity, int dim, float scale, int threads) {
     if (kv_heads <= 0 || heads % kv_heads != 0 || heads / kv_heads > MAX_GROUPS ||
         dim % LANES != 0 || dim > MAX_DIM)
         return -1;
     const int groups = heads / kv_heads;
-    int *columns = (int *)work;  /* per row: its attended columns, in order */
-    int *counts = (int *)malloc(sizeof(int) * (size_t)rows);
-    float *scores_all = (float *)((int *)work + (size_t)rows * capacity);
-    if (counts == NULL) return -1;
+    /* per row: its attended columns in order, and their count; per (row, kv head): scores */
+    const size_t column_ints = (size_t)rows * capacity + rows;
+    int *columns = (int *)thread_buffer(
+        0, sizeof(int) * column_ints + sizeof(float) * (size_t)rows * heads * capacity);
+    if (columns == NULL) return -1;
+    int *counts = columns + (size_t)rows * capacity;
+    float *scores_all = (float *)(columns + column_ints);
     for (int b = 0; b < rows; b++) {
         int c = 0;
         const uint8_t *m = mask + (size_t)b * capacity;
@@ -209,7 +227,6 @@ int newsdesk_decode_attention(const float *q, const uint16_t *k, const uint16_t 
         item_generic(qh, k + head_offset, v + head_offset, cols, counts[b], groups, dim, scale,
                      scores, oh);
     }
-    free(counts);
     return 0;
 }
 
@@ -383,20 +400,12 @@ int newsdesk_prefill_attention(const float *q, const uint16_t *k, const uint16_t
         return -1;
     const int groups = heads / kv_heads;
     const int k_pad = (k_len + LANES - 1) / LANES * LANES;
-    /* per kv head: keys transposed (dim, k_pad) and values (k_len, dim), fp32, in a buffer
-     * the calling thread keeps between calls (a fresh one per call was mapped and faulted in
-     * by the allocator every time: ~0.8 MB, 30 calls a prompt) */
-    static _Thread_local float *widened = NULL;
-    static _Thread_local size_t widened_size = 0;
+    /* per kv head: keys transposed (dim, k_pad) and values (k_len, dim), fp32 */
     const size_t k_size = (size_t)kv_heads * dim * k_pad;
-    const size_t needed = k_size + (size_t)kv_heads * k_len * dim;
-    if (needed > widened_size) {
-        float *grown = (float *)realloc(widened, sizeof(float) * needed);
-        if (grown == NULL) return -1;
-        widened = grown;
-        widened_size = needed;
-    }
-    float *kt = widened, *vf = widened + k_size;
+    const size_t v_size = (size_t)kv_heads * k_len * dim;
+    float *kt = (float *)thread_buffer(1, sizeof(float) * (k_size + v_size));
+    if (kt == NULL) return -1;
+    float *vf = kt + k_size;
     /* blocks of 64 columns, so that both threads work whatever the number of kv heads */
     const int blocks = (k_pad + 63) / 64;
 #pragma omp parallel for schedule(static) num_threads(threads)
