@@ -14,8 +14,9 @@ tokens each (eos suppressed on both sides so every run decodes exactly 64 tokens
    And against the runtimes users would pick for speed on a CPU, each when its virtualenv is
    installed: OpenVINO GenAI (the fastest measured here, ../shared/ANCHORS.md;
    ``benchmarks/anchors/setup_openvino.sh``) and vLLM's CPU build (what Ray Serve LLM runs;
-   ``benchmarks/anchors/setup_vllm.sh``): same prompt ids, same threads, each run after the
-   engine in a process of its own; the ratios engine / anchor are the ones issue 14 targets.
+   ``benchmarks/anchors/setup_vllm.sh``): same prompt ids, same threads, the engine's compute
+   type (bf16 on CPUs with native bf16, else fp32), each run after the engine in a process of
+   its own; the ratios engine / anchor are the ones issue 14 targets.
    Then where the engine's time goes at each batch size: prefill, decode (the model's forward
    vs the loop's Python per step), the rating pass, embeddings, and the rest (parsing, the
    verifier, Result assembly).
@@ -232,7 +233,9 @@ def invariant(engine: SummarizeEngine, articles: list[Article], new_tokens: int)
 # name -> (cpu option changes, profile changes), applied to the benchmarked profile
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "pytorch-attention": ({"attention_kernels": False}, {}),  # SDPA + matmuls, fp32 cache
-    "unpacked": ({"packed_weights": False}, {}),  # bf16 weights reordered at every call
+    "unpacked": ({"packed_weights": False}, {}),  # bf16: reordered at every call; fp32: MKL
+    # both off: the engine before either (on an AVX2 CPU, the fp32 engine of before 2026-11-30)
+    "unpacked+pytorch-attention": ({"packed_weights": False, "attention_kernels": False}, {}),
     "fp32": ({}, {"dtype": "float32"}),
     "no-prefix-cache": ({"reuse_prefix_cache": False}, {}),
     "prompt-320": ({}, {"max_prompt_tokens": 320}),
@@ -268,6 +271,10 @@ def main() -> None:
         "is installed; openvino / vllm: that one (an error when it is not installed)",
     )
     args = parser.parse_args()
+    profile = load_profile(args.profile)
+    # the anchors compute in the engine's type on this CPU: bf16 with native bf16, else fp32
+    # (on an AVX2-only CPU both emulate bf16 several times slower: vLLM 0.09-0.11 art/s)
+    precision = "bf16" if profile.resolved("cpu").dtype == "bfloat16" else "f32"
     anchors: list[OpenVinoAnchor | VllmAnchor] = []
     for name, anchor_type, setup in (
         ("openvino", OpenVinoAnchor, SETUP),
@@ -275,7 +282,7 @@ def main() -> None:
     ):
         if args.anchor not in ("auto", name):
             continue
-        candidate = anchor_type()
+        candidate = anchor_type(precision=precision)
         if candidate.available():
             anchors.append(candidate)
         elif args.anchor == name:
@@ -286,7 +293,6 @@ def main() -> None:
     settings = Settings(**({"state_dir": args.state_dir} if args.state_dir else {}))
     state = settings.resolved_state_dir()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-    profile = load_profile(args.profile)
     engine = SummarizeEngine.load(profile, settings)
     bare = AutoModelForCausalLM.from_pretrained(engine.model_dir, dtype=torch.float32).eval()
     print(

@@ -15,8 +15,13 @@ Two measured problems with transformers' default (PyTorch SDPA) on CPU, and the 
   speed as SDPA at this size). Prefill and the rating pass run one row at a time
   (:mod:`serving.decoding`), so they keep SDPA (:func:`_prefill_attention`).
 
+Both are now behind the engine's own C kernels (:mod:`serving.kernels`) where the cache holds
+the model's own dtype (bf16 keys of a bf16 model, fp32 of an fp32 one), and kept for what they
+do not cover (a bf16 model's fp32 cache, shapes the kernels refuse, no C compiler).
+
 Registered with transformers' ``AttentionInterface`` under :data:`NAME` (with the SDPA mask
-builder); :func:`use_engine_attention` switches a model to it.
+builder), and under :data:`NAME_PYTORCH` without the kernels (``cpu.attention_kernels: false``);
+:func:`use_engine_attention` switches a model to one of them.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from serving import kernels
 
 NAME = "newsdesk_cpu"
+NAME_PYTORCH = "newsdesk_cpu_pytorch"
 
 
 def _decode_attention(
@@ -94,19 +100,33 @@ def engine_attention(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """fp32 attention: the engine's kernels (:mod:`serving.kernels`) where the cache holds
-    bf16 (the slot cache does when they are built), else PyTorch's (decode steps through
-    :func:`_decode_attention`). Returns ``(B, q_len, H, D)`` in the query's dtype, like
-    transformers' SDPA function."""
-    dtype = query.dtype
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    if key.dtype == torch.bfloat16:  # the slot cache, kept in bf16 for the kernels
+    """fp32 attention: the engine's kernels (:mod:`serving.kernels`) where the cache holds the
+    model's dtype (the slot cache does: bf16 for a bf16 model when the kernels are built,
+    fp32 for an fp32 model), else :func:`pytorch_attention`. Returns ``(B, q_len, H, D)`` in
+    the query's dtype, like transformers' SDPA function."""
+    if key.dtype == query.dtype:
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         if query.shape[2] == 1 and attention_mask is not None:
             out = kernels.decode_attention(query, key, value, attention_mask, scale)
         else:
             out = kernels.prefill_attention(query, key, value, attention_mask, scale)
         if out is not None:
-            return out.to(dtype), None
+            return out.to(query.dtype), None
+    return pytorch_attention(module, query, key, value, attention_mask, scaling)
+
+
+def pytorch_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """fp32 attention on PyTorch's kernels (decode steps through :func:`_decode_attention`)."""
+    dtype = query.dtype
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     query, key, value = query.float(), key.float(), value.float()
     if query.shape[2] == 1:
         out = _decode_attention(query, key, value, attention_mask, scale)
@@ -115,8 +135,10 @@ def engine_attention(
     return out.to(dtype), None
 
 
-def use_engine_attention(model: torch.nn.Module) -> None:
-    """Switch a transformers model to :func:`engine_attention`."""
-    AttentionInterface.register(NAME, engine_attention)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
-    model.set_attn_implementation(NAME)
+def use_engine_attention(model: torch.nn.Module, use_kernels: bool = True) -> None:
+    """Switch a transformers model to :func:`engine_attention`, or to
+    :func:`pytorch_attention` (``use_kernels`` false)."""
+    name = NAME if use_kernels else NAME_PYTORCH
+    AttentionInterface.register(name, engine_attention if use_kernels else pytorch_attention)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    model.set_attn_implementation(name)

@@ -1,4 +1,4 @@
-"""bf16 Linear layers on CPU with oneDNN's weight layout prepared once, not at every call.
+"""Linear layers on CPU with oneDNN's weight layout prepared once, not at every call.
 
 PyTorch's bf16 ``F.linear`` on CPU runs oneDNN's matmul, which first reorders the weight into
 its blocked layout: at every call, so a decode step reads each weight matrix, writes a
@@ -14,9 +14,9 @@ summaries, ratings and batch invariance do not move.
 
 :class:`PackedLinear` is an ``nn.Linear`` (same parameters, state dict and module names, so
 PEFT wraps it like any Linear, and training sees a plain Linear with grad enabled); only its
-forward differs, and only in inference on bf16 inputs. The packed copy follows the weights it
-was made from: :func:`pack_linears` runs again after every adapter change (the engine's
-``loading.finish``), and a merged adapter's weights are packed anew.
+forward differs, and only in inference on inputs of its weight's dtype. The packed copy follows
+the weights it was made from: :func:`pack_linears` runs again after every adapter change (the
+engine's ``loading.finish``), and a merged adapter's weights are packed anew.
 
 Sibling projections of one input (a block's q/k/v, its gate/up) are packed as one matrix and
 run as one matmul (:class:`_Siblings`): each member hands back its columns of the shared
@@ -25,13 +25,25 @@ so the bits are again ``F.linear``'s (tested), at 2 matmuls a block instead of 5
 at 8 rows: 11.3 vs 13.3 ms of matmuls). PEFT's LoRA layers wrap the members and call each with
 the block's input unchanged, so they compose.
 
+fp32 weights (the default model on CPUs without native bf16) are packed the same way, for
+another reason: PyTorch's fp32 ``F.linear`` calls MKL, whose small-M sgemm reads the weights at
+a fraction of the machine's bandwidth (the output layer, 113 MB, took 30 ms at 2 rows on a
+2-core AVX2 EPYC, against 12 ms in oneDNN; a whole decode step at 8 rows 208 -> 152 ms). Not
+``F.linear``'s bits there (another library's summation order), but batch-invariant the same
+way: a row's bits do not depend on the rows beside it or their number, from 1 to 16 and in
+blocks of a prompt, for every projection shape, and a sibling group's columns are each member's
+bits (tested). Its distance from the unpacked engine is measured like any change of rounding
+(docs/engine.md).
+
 The cost is memory: the plain weights stay (PEFT merges into them, the tied output layer is
 the embedding table, training reads them), so a replica holds the Linear weights twice (+270
-MB for SmolLM2-135M in bf16). ``cpu.packed_weights: false`` in a profile turns it off.
+MB for SmolLM2-135M in bf16, +540 MB in fp32). ``cpu.packed_weights: false`` in a profile
+turns it off.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
@@ -43,9 +55,21 @@ from torch.nn import functional as F
 _ROWS_HINT = 512
 
 
-def available() -> bool:
-    """oneDNN bf16 matmuls exist on this CPU build (x86 with mkldnn)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+def available(dtype: torch.dtype = torch.float32) -> bool:
+    """oneDNN matmuls for weights of ``dtype`` exist on this CPU build (x86 with mkldnn; bf16
+    needs AVX-512 or AVX-NE-CONVERT: on an AVX2-only CPU oneDNN refuses to reorder bf16)."""
+    if not (
+        torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    ):
+        return False
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return dtype == torch.float32
+
+
+@functools.cache
+def _packable(dtype: torch.dtype) -> bool:
+    return available(dtype)
 
 
 def _pack(weight: torch.Tensor) -> torch.Tensor:
@@ -103,7 +127,7 @@ class PackedLinear(nn.Linear):
         packed, siblings = self._packed, self._siblings
         if (
             (packed is None and siblings is None)
-            or x.dtype != torch.bfloat16
+            or x.dtype != self.weight.dtype
             or torch.is_grad_enabled()
         ):
             return F.linear(x, self.weight, self.bias)
@@ -115,7 +139,7 @@ class PackedLinear(nn.Linear):
 
 
 def pack_linears(model: nn.Module) -> int:
-    """Pack every bf16 CPU Linear of ``model`` in place (LoRA's own small layers excepted:
+    """Pack every bf16 or fp32 CPU Linear of ``model`` in place (LoRA's own small layers excepted:
     they stay plain); returns how many. Packs again the ones packed before (weights may have
     changed: a merged adapter)."""
     count = 0
@@ -123,7 +147,7 @@ def pack_linears(model: nn.Module) -> int:
         if type(module) not in (nn.Linear, PackedLinear) or "lora_" in name:
             continue
         weight = module.weight
-        if weight.dtype != torch.bfloat16 or weight.device.type != "cpu":
+        if not _packable(weight.dtype) or weight.device.type != "cpu":
             continue
         module.__class__ = PackedLinear
         module.pack()  # type: ignore[attr-defined]

@@ -1,7 +1,8 @@
-"""The engine's attention kernels (serving/kernels): PyTorch's attention to fp32 rounding,
-each row's bits independent of the rows beside it (decode) and of the other queries of its
-tile (prefill), columns outside a row's mask never read, the portable C build giving the
-vectorized build's bits, and the engine's attention sending the bf16 slot cache to them."""
+"""The engine's attention kernels (serving/kernels), over a bf16 model's cache and an fp32
+model's: PyTorch's attention to fp32 rounding, each row's bits independent of the rows beside
+it (decode) and of the other queries of its tile (prefill), columns outside a row's mask never
+read, the portable C build and the AVX2 one giving the native build's bits, and the engine's
+attention sending the slot cache to them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import pytest
 import torch
 
 from serving import kernels
-from serving.attention import _decode_attention, _prefill_attention, engine_attention
+from serving.attention import (
+    _decode_attention,
+    _prefill_attention,
+    engine_attention,
+    pytorch_attention,
+)
 
 needs_kernel = pytest.mark.skipif(not kernels.available(), reason="no C compiler here")
 pytestmark = [pytest.mark.unit, needs_kernel]
@@ -17,13 +23,23 @@ pytestmark = [pytest.mark.unit, needs_kernel]
 # (heads, kv heads, head dim): SmolLM2-135M's (the vectorized path), and shapes that take the
 # portable one (other groups, a 32-wide head, one kv head per query head)
 SHAPES = [(9, 3, 64), (8, 2, 64), (4, 4, 32), (6, 3, 48)]
+# a bf16 model's slot cache and an fp32 model's (the model's dtype, queries included)
+DTYPES = [torch.bfloat16, torch.float32]
 
 
-def _case(rows: int, heads: int, kv_heads: int, dim: int, capacity: int = 300, seed: int = 0):  # type: ignore[no-untyped-def]
+def _case(  # type: ignore[no-untyped-def]
+    rows: int,
+    heads: int,
+    kv_heads: int,
+    dim: int,
+    capacity: int = 300,
+    seed: int = 0,
+    dtype: torch.dtype = torch.bfloat16,
+):
     generator = torch.Generator().manual_seed(seed)
-    query = torch.randn(rows, heads, 1, dim, generator=generator).to(torch.bfloat16)
-    key = torch.randn(rows, kv_heads, capacity, dim, generator=generator).to(torch.bfloat16)
-    value = torch.randn(rows, kv_heads, capacity, dim, generator=generator).to(torch.bfloat16)
+    query = torch.randn(rows, heads, 1, dim, generator=generator).to(dtype)
+    key = torch.randn(rows, kv_heads, capacity, dim, generator=generator).to(dtype)
+    value = torch.randn(rows, kv_heads, capacity, dim, generator=generator).to(dtype)
     # each row: a 20-column prefix, padding, its prompt, then the columns it has generated
     mask = torch.zeros(rows, capacity, dtype=torch.bool)
     for row in range(rows):
@@ -32,11 +48,12 @@ def _case(rows: int, heads: int, kv_heads: int, dim: int, capacity: int = 300, s
     return query, key, value, mask[:, None, None, :]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("heads", "kv_heads", "dim"), SHAPES)
 def test_kernel_matches_pytorch_attention_to_fp32_rounding(
-    heads: int, kv_heads: int, dim: int
+    heads: int, kv_heads: int, dim: int, dtype: torch.dtype
 ) -> None:
-    query, key, value, mask = _case(5, heads, kv_heads, dim)
+    query, key, value, mask = _case(5, heads, kv_heads, dim, dtype=dtype)
     out = kernels.decode_attention(query, key, value, mask, dim**-0.5)
     assert out is not None and out.shape == (5, 1, heads, dim) and out.dtype == torch.float32
     exact = _decode_attention(
@@ -49,11 +66,12 @@ def test_kernel_matches_pytorch_attention_to_fp32_rounding(
     assert kernel_error < 4 * torch_error + 1e-7, (kernel_error, torch_error)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("heads", "kv_heads", "dim"), SHAPES)
 def test_a_rows_bits_do_not_depend_on_the_rows_beside_it(
-    heads: int, kv_heads: int, dim: int
+    heads: int, kv_heads: int, dim: int, dtype: torch.dtype
 ) -> None:
-    query, key, value, mask = _case(9, heads, kv_heads, dim)
+    query, key, value, mask = _case(9, heads, kv_heads, dim, dtype=dtype)
     together = kernels.decode_attention(query, key, value, mask, 0.125)
     assert together is not None
     for row in (0, 4, 8):
@@ -66,7 +84,7 @@ def test_a_rows_bits_do_not_depend_on_the_rows_beside_it(
         )
         assert alone is not None and torch.equal(alone[0], together[row]), row
     # other company: rows from another draw around the same row, at another batch size
-    others = _case(9, heads, kv_heads, dim, seed=1)
+    others = _case(9, heads, kv_heads, dim, seed=1, dtype=dtype)
     mixed = [
         torch.cat([o[:2], t[4:5], o[3:6]])
         for o, t in zip(others, (query, key, value, mask), strict=True)
@@ -83,8 +101,9 @@ def test_a_rows_bits_do_not_depend_on_the_rows_beside_it(
     assert single is not None and torch.equal(single, together)
 
 
-def test_columns_outside_the_mask_are_never_read() -> None:
-    query, key, value, mask = _case(4, 9, 3, 64)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_columns_outside_the_mask_are_never_read(dtype: torch.dtype) -> None:
+    query, key, value, mask = _case(4, 9, 3, 64, dtype=dtype)
     before = kernels.decode_attention(query, key, value, mask, 0.125)
     hidden = ~mask[:, 0, 0, :]
     key[hidden.nonzero(as_tuple=True)[0], :, hidden.nonzero(as_tuple=True)[1]] = float("inf")
@@ -96,7 +115,8 @@ def test_columns_outside_the_mask_are_never_read() -> None:
 
 def test_shapes_it_does_not_handle_fall_back_to_pytorch() -> None:
     query, key, value, mask = _case(2, 9, 3, 64)
-    assert kernels.decode_attention(query, key.float(), value.float(), mask, 0.125) is None
+    assert kernels.decode_attention(query, key.float(), value, mask, 0.125) is None  # mixed
+    assert kernels.decode_attention(query, key.half(), value.half(), mask, 0.125) is None
     assert kernels.decode_attention(query, key, value, mask.float(), 0.125) is None
     odd = _case(2, 4, 2, 40)  # a head dimension that is not a multiple of 16
     assert kernels.decode_attention(*odd, 0.125) is None  # type: ignore[call-arg]
@@ -105,27 +125,34 @@ def test_shapes_it_does_not_handle_fall_back_to_pytorch() -> None:
     assert torch.equal(out, reference.to(torch.bfloat16))
 
 
-def _prompt(
-    q_len: int, cached: int, padding: int, heads: int = 9, kv_heads: int = 3, dim: int = 64
-):  # type: ignore[no-untyped-def]
+def _prompt(  # type: ignore[no-untyped-def]
+    q_len: int,
+    cached: int,
+    padding: int,
+    heads: int = 9,
+    kv_heads: int = 3,
+    dim: int = 64,
+    dtype: torch.dtype = torch.bfloat16,
+):
     """One row's prefill: ``q_len`` queries after ``cached`` keys (a prefix, then ``padding``
     masked columns), as views of a slot cache of 700 columns (heads strided by the capacity)."""
     generator = torch.Generator().manual_seed(q_len + cached)
     k_len = cached + q_len
-    query = torch.randn(1, heads, q_len, dim, generator=generator).to(torch.bfloat16)
-    keys = torch.randn(1, kv_heads, 700, dim, generator=generator).to(torch.bfloat16)
-    values = torch.randn(1, kv_heads, 700, dim, generator=generator).to(torch.bfloat16)
+    query = torch.randn(1, heads, q_len, dim, generator=generator).to(dtype)
+    keys = torch.randn(1, kv_heads, 700, dim, generator=generator).to(dtype)
+    values = torch.randn(1, kv_heads, 700, dim, generator=generator).to(dtype)
     columns, rows = torch.arange(k_len), torch.arange(cached, k_len)
     mask = columns[None, :] <= rows[:, None]
     mask[:, cached - padding : cached] = False
     return query, keys[:, :, :k_len], values[:, :, :k_len], mask[None, None]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("q_len", "cached", "padding"), [(436, 76, 14), (42, 500, 100), (9, 0, 0)])
 def test_prefill_kernel_matches_pytorch_attention_to_fp32_rounding(
-    q_len: int, cached: int, padding: int
+    q_len: int, cached: int, padding: int, dtype: torch.dtype
 ) -> None:
-    query, key, value, mask = _prompt(q_len, cached, padding)
+    query, key, value, mask = _prompt(q_len, cached, padding, dtype=dtype)
     assert not key.is_contiguous()  # a view of the slot cache, as in the engine
     for m in (mask, None if padding == 0 else mask):
         out = kernels.prefill_attention(query, key, value, m, 0.125)
@@ -137,11 +164,12 @@ def test_prefill_kernel_matches_pytorch_attention_to_fp32_rounding(
         assert kernel_error < 2e-6 and kernel_error < 4 * torch_error + 1e-7
 
 
-def test_prefill_query_bits_do_not_depend_on_the_other_queries() -> None:
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prefill_query_bits_do_not_depend_on_the_other_queries(dtype: torch.dtype) -> None:
     """A prompt's first 20 queries alone give the bits they have in the whole prompt (their
     tiles attend fewer columns), and what masked columns hold does not count (any finite
     values: they add exact zeros; the engine zeroes a slot before reusing it)."""
-    query, key, value, mask = _prompt(300, 60, 10)
+    query, key, value, mask = _prompt(300, 60, 10, dtype=dtype)
     whole = kernels.prefill_attention(query, key, value, mask, 0.125)
     first = kernels.prefill_attention(query[:, :, :20], key, value, mask[:, :, :20], 0.125)
     assert whole is not None and first is not None
@@ -152,41 +180,54 @@ def test_prefill_query_bits_do_not_depend_on_the_other_queries() -> None:
     assert again is not None and torch.equal(again, whole)
 
 
-def test_portable_build_gives_the_vectorized_builds_bits(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """The C loops without AVX-512 (what other CPUs run) and the AVX-512 code compute the same
-    sums in the same order: the same bits."""
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "march",
+    [
+        "x86-64-v2",  # no AVX2: the portable C loops (what other CPUs run)
+        "x86-64-v3",  # AVX2 + FMA: the AVX2 code (on an AVX-512 CPU, the native build's other)
+    ],
+)
+def test_other_builds_give_the_native_builds_bits(tmp_path, monkeypatch, march, dtype) -> None:  # type: ignore[no-untyped-def]
+    """The portable C loops, the AVX2 code and the AVX-512 code compute the same sums in the
+    same order: the same bits, whichever this CPU's native build runs."""
     import subprocess
 
-    if "avx512f" not in open("/proc/cpuinfo").read():
-        pytest.skip("this CPU has no AVX-512: only the portable build runs here")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     cc = kernels.compiler()
     assert cc is not None
-    flags = (*tuple(f for f in kernels.FLAGS if f != "-march=native"), "-march=x86-64-v3")
+    flags = (*tuple(f for f in kernels.FLAGS if f != "-march=native"), f"-march={march}")
     try:
-        portable = kernels.open_library(kernels.build(cc, flags))
+        other = kernels.open_library(kernels.build(cc, flags))
     except subprocess.CalledProcessError as exc:
         pytest.fail(exc.stderr)
-    query, key, value, mask = _case(6, 9, 3, 64)
+    query, key, value, mask = _case(6, 9, 3, 64, dtype=dtype)
     ours = kernels.decode_attention(query, key, value, mask, 0.125)
-    theirs = kernels.decode_attention(query, key, value, mask, 0.125, library=portable)
+    theirs = kernels.decode_attention(query, key, value, mask, 0.125, library=other)
     assert ours is not None and theirs is not None and torch.equal(ours, theirs)
-    query, key, value, mask = _prompt(100, 40, 8)
+    query, key, value, mask = _prompt(100, 40, 8, dtype=dtype)
     ours = kernels.prefill_attention(query, key, value, mask, 0.125)
-    theirs = kernels.prefill_attention(query, key, value, mask, 0.125, library=portable)
+    theirs = kernels.prefill_attention(query, key, value, mask, 0.125, library=other)
     assert ours is not None and theirs is not None and torch.equal(ours, theirs)
 
 
-def test_engine_attention_sends_bf16_decode_steps_to_the_kernel() -> None:
+def test_engine_attention_sends_the_models_own_cache_to_the_kernel() -> None:
     query, key, value, mask = _case(3, 9, 3, 64)
     out, _ = engine_attention(torch.nn.Module(), query, key, value, mask, 0.125)
     direct = kernels.decode_attention(query, key, value, mask, 0.125)
     assert direct is not None
     assert out.dtype == torch.bfloat16 and torch.equal(out, direct.to(torch.bfloat16))
-    # an fp32 cache keeps PyTorch's path
+    # a bf16 model's fp32 cache (the generic decode loop's) keeps PyTorch's path
     out32, _ = engine_attention(torch.nn.Module(), query, key.float(), value.float(), mask, 0.125)
     reference = _decode_attention(query.float(), key.float(), value.float(), mask, 0.125)
     assert torch.equal(out32, reference.to(torch.bfloat16))
+    # an fp32 model's fp32 cache goes to the kernel, and pytorch_attention never does
+    q32 = query.float()
+    out32, _ = engine_attention(torch.nn.Module(), q32, key.float(), value.float(), mask, 0.125)
+    direct32 = kernels.decode_attention(q32, key.float(), value.float(), mask, 0.125)
+    assert direct32 is not None and torch.equal(out32, direct32)
+    off, _ = pytorch_attention(torch.nn.Module(), q32, key.float(), value.float(), mask, 0.125)
+    assert torch.equal(off, reference) and not torch.equal(off, direct32)
     # and a row's prefill on the bf16 slot cache
     query, key, value, mask = _prompt(50, 30, 5)
     out, _ = engine_attention(torch.nn.Module(), query, key, value, mask, 0.125)

@@ -1,6 +1,7 @@
 """The engine's CPU fast paths are exact where they say so: packed bf16 weights give
-``F.linear``'s bits, one argmax per decode step gives each row's own choice, and prefill
-attention on grouped heads gives transformers' SDPA bits (serving/packed_linear.py,
+``F.linear``'s bits (packed fp32 weights, oneDNN's instead of MKL's, give each row bits that
+do not depend on its company), one argmax per decode step gives each row's own choice, and
+prefill attention on grouped heads gives transformers' SDPA bits (serving/packed_linear.py,
 serving/slot_decoding.py, serving/attention.py)."""
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from serving.packed_linear import PackedLinear, pack_linears
 from serving.slot_decoding import RowRequest, choose_token
 
 needs_onednn = pytest.mark.skipif(not packed_linear.available(), reason="no oneDNN in torch")
+needs_onednn_bf16 = pytest.mark.skipif(
+    not packed_linear.available(torch.bfloat16), reason="oneDNN has no bf16 on this CPU"
+)
 
 # SmolLM2-135M's projections: q/o, k/v, gate/up, down, and the output layer
 SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536), (49152, 576)]
 
 
 @pytest.mark.unit
-@needs_onednn
+@needs_onednn_bf16
 @pytest.mark.parametrize(("out_features", "in_features"), SHAPES)
 def test_packed_linear_gives_f_linear_bits_at_every_row_count(
     out_features: int, in_features: int
@@ -46,16 +50,48 @@ def test_packed_linear_gives_f_linear_bits_at_every_row_count(
 
 @pytest.mark.unit
 @needs_onednn
+@pytest.mark.parametrize(("out_features", "in_features"), SHAPES)
+def test_packed_fp32_rows_do_not_depend_on_their_company(
+    out_features: int, in_features: int
+) -> None:
+    """fp32: oneDNN's kernel, not ``F.linear``'s (MKL), so not its bits; but a row's bits are
+    the same alone, in any company of up to 16 rows and at any place in it, and in any block
+    of a prompt's rows (what batch invariance needs of a decode step's matmuls)."""
+    torch.manual_seed(out_features + in_features)
+    layer = nn.Linear(in_features, out_features, bias=False)
+    weight = layer.weight.detach().clone()
+    assert pack_linears(layer) == 1 and isinstance(layer, PackedLinear)
+    with torch.inference_mode():
+        x = torch.randn(16, in_features)
+        together = layer(x)
+        for rows in (1, 2, 3, 8, 15):
+            for start in (0, 16 - rows):
+                alone = layer(x[start : start + rows].clone())
+                assert torch.equal(alone, together[start : start + rows]), (rows, start)
+        prompt = torch.randn(130, in_features)
+        whole = layer(prompt)
+        assert torch.equal(layer(prompt[:40].clone()), whole[:40])
+        assert torch.allclose(whole, F.linear(prompt, weight), rtol=1e-4, atol=1e-4)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            layer(x)
+    ops = {event.name for event in prof.events()}
+    assert "mkldnn::_linear_pointwise" in ops and "aten::linear" not in ops, ops
+
+
+@pytest.mark.unit
+@needs_onednn_bf16
 def test_pack_linears_follows_changed_weights_and_leaves_the_rest_plain() -> None:
     model = nn.ModuleDict(
         {
             "proj": nn.Linear(64, 32, bias=True).to(torch.bfloat16),
             "lora_A": nn.Linear(64, 4, bias=False).to(torch.bfloat16),  # PEFT's own layer
             "fp32": nn.Linear(64, 32),
+            "fp16": nn.Linear(64, 32).half(),  # no packed path for it
         }
     )
-    assert pack_linears(model) == 1
-    assert type(model["lora_A"]) is nn.Linear and type(model["fp32"]) is nn.Linear
+    assert pack_linears(model) == 2
+    assert type(model["lora_A"]) is nn.Linear and type(model["fp16"]) is nn.Linear
+    assert isinstance(model["fp32"], PackedLinear)
     proj = model["proj"]
     x = torch.randn(4, 64).to(torch.bfloat16)
     with torch.no_grad():
@@ -87,17 +123,30 @@ class _Block(nn.Module):
         return mixed + (F.silu(self.gate_proj(x)) * self.up_proj(x))[..., :64]
 
 
+def _pack_alone(model: nn.Module) -> None:
+    """Every Linear packed (again) on its own, in no sibling group: fp32's reference bits."""
+    for name, module in model.named_modules():
+        if type(module) in (nn.Linear, PackedLinear) and "lora_" not in name:
+            module.__class__ = PackedLinear
+            module.pack()  # type: ignore[attr-defined]
+
+
 @pytest.mark.unit
 @needs_onednn
+@pytest.mark.parametrize(
+    "dtype", [pytest.param(torch.bfloat16, marks=needs_onednn_bf16), torch.float32]
+)
 @pytest.mark.parametrize("lora", [False, True])
-def test_sibling_projections_run_as_one_matmul_with_the_same_bits(lora: bool) -> None:
+def test_sibling_projections_run_as_one_matmul_with_the_same_bits(
+    lora: bool, dtype: torch.dtype
+) -> None:
     """q/k/v and gate/up packed as one matrix each: every member's output is the bits of its
-    own ``F.linear``, in any call order, with PEFT's LoRA layers wrapping the members, and
-    after the weights change."""
+    own matmul (bf16: ``F.linear``'s; fp32: its own packed matrix's), in any call order, with
+    PEFT's LoRA layers wrapping the members, and after the weights change."""
     import copy
 
     torch.manual_seed(3)
-    block: nn.Module = _Block().to(torch.bfloat16)
+    block: nn.Module = _Block().to(dtype)
     if lora:
         from peft import LoraConfig, inject_adapter_in_model
 
@@ -106,22 +155,24 @@ def test_sibling_projections_run_as_one_matmul_with_the_same_bits(lora: bool) ->
         for name, param in block.named_parameters():
             if "lora_B" in name:  # PEFT starts B at zero: make the adapter do something
                 nn.init.normal_(param, std=0.5)
-        block = block.to(torch.bfloat16)
+        block = block.to(dtype)
     plain = copy.deepcopy(block)
     pack_linears(block)
+    if dtype == torch.float32:
+        _pack_alone(plain)
     members = [getattr(block, n) for n in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")]
     members = [getattr(m, "base_layer", m) for m in members]
     assert all(isinstance(m, PackedLinear) and m._siblings is not None for m in members)
     assert block.o_proj._siblings is None and block.o_proj._packed is not None
     with torch.inference_mode():
         for rows in (1, 2, 8, 130):
-            x = torch.randn(rows, 64).to(torch.bfloat16)
+            x = torch.randn(rows, 64).to(dtype)
             assert torch.equal(block(x), plain(x)), rows
             # out of order, and one member twice on the same input
             for name in ("v_proj", "q_proj", "v_proj", "k_proj"):
                 assert torch.equal(getattr(block, name)(x), getattr(plain, name)(x)), name
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            block(torch.randn(8, 64).to(torch.bfloat16))
+            block(torch.randn(8, 64).to(dtype))
     matmuls = [e for e in prof.events() if e.name == "mkldnn::_linear_pointwise"]
     assert len(matmuls) == 3  # q/k/v, o, gate/up
     with torch.no_grad():  # an adapter merged into the weights
@@ -129,8 +180,10 @@ def test_sibling_projections_run_as_one_matmul_with_the_same_bits(lora: bool) ->
             target = getattr(module.k_proj, "base_layer", module.k_proj)
             target.weight.add_(0.5)
     pack_linears(block)
+    if dtype == torch.float32:
+        _pack_alone(plain)
     with torch.inference_mode():
-        x = torch.randn(4, 64).to(torch.bfloat16)
+        x = torch.randn(4, 64).to(dtype)
         assert torch.equal(block(x), plain(x))
 
 

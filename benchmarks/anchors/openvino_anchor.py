@@ -40,11 +40,17 @@ class AnchorRun:
 
 
 class OpenVinoAnchor:
-    def __init__(self, root: Path = ANCHORS_DIR, weights: str = "fp16") -> None:
+    """``precision``: its compute type, the engine's (bf16 on CPUs with native bf16, else fp32:
+    both runtimes emulate bf16 without it, several times slower)."""
+
+    def __init__(
+        self, root: Path = ANCHORS_DIR, weights: str = "fp16", precision: str = "bf16"
+    ) -> None:
         self.python = root / "openvino" / "bin" / "python"
         self.ir_root = root / "ir"
         self.weights = weights
-        self.label = f"OpenVINO GenAI 2026.4 ({weights} weights, bf16)"
+        self.precision = precision
+        self.label = f"OpenVINO GenAI 2026.4 ({weights} weights, {precision})"
         self.short = "OpenVINO"
 
     def available(self) -> bool:
@@ -70,7 +76,10 @@ class OpenVinoAnchor:
         ir = self.ir_for(model_dir)
         data = call_runner(
             self.python, RUNNER, "run", str(ir), prompts=prompts,
-            options=timing_options(batch_sizes, new_tokens, repeats, threads),
+            options=[
+                *timing_options(batch_sizes, new_tokens, repeats, threads),
+                "--precision", self.precision,
+            ],
         )  # fmt: skip
         return AnchorRun.of(self.label, data)
 

@@ -32,11 +32,14 @@ def _tcmalloc() -> str | None:
 
 
 class VllmAnchor:
-    label = "vLLM CPU 0.32 (bf16)"
+    """``precision``: bf16 or f32, the engine's compute type (as :class:`OpenVinoAnchor`)."""
+
     short = "vLLM"
 
-    def __init__(self, root: Path = ANCHORS_DIR) -> None:
+    def __init__(self, root: Path = ANCHORS_DIR, precision: str = "bf16") -> None:
         self.python = root / "vllm" / "bin" / "python"
+        self.dtype = "bfloat16" if precision == "bf16" else "float32"
+        self.label = f"vLLM CPU 0.32 ({precision})"
 
     def available(self) -> bool:
         return self.python.exists()
@@ -57,7 +60,9 @@ class VllmAnchor:
             env["LD_PRELOAD"] = ":".join([*preload, env.get("LD_PRELOAD", "")]).rstrip(":")
         data = call_runner(
             self.python, RUNNER, str(model_dir), prompts=prompts,
-            options=timing_options(batch_sizes, new_tokens, repeats, threads), env=env,
+            options=[*timing_options(batch_sizes, new_tokens, repeats, threads),
+                     "--dtype", self.dtype],
+            env=env,
         )  # fmt: skip
         return AnchorRun.of(self.label, data)
 

@@ -4,11 +4,11 @@ project's: imports nothing of Newsdesk.
     python vllm_cpu_run.py MODEL_DIR PROMPTS.json --batch-sizes 1,8,16 --new-tokens 64
 
 Reads token ids (a JSON list of equal-length lists: the engine's own prompt ids), decodes
-``new-tokens`` greedy tokens (bf16, eos ignored, as the engine is forced on its side) for the
-first b prompts at each batch size with ``max_num_seqs`` = b, best of ``repeats`` after one
-warm-up, and prints one JSON object as its last line: articles/s per batch size and the first
-prompt's tokens at batch 1. The engine's model folder is a plain transformers folder, so vLLM
-loads it as it is.
+``new-tokens`` greedy tokens (``--dtype``, bf16 by default; eos ignored, as the engine is
+forced on its side) for the first b prompts at each batch size with ``max_num_seqs`` = b, best
+of ``repeats`` after one warm-up, and prints one JSON object as its last line: articles/s per
+batch size and the first prompt's tokens at batch 1. The engine's model folder is a plain
+transformers folder, so vLLM loads it as it is.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     args = parser.parse_args()
     # vLLM's CPU settings (its docs): threads bound to the cores, a KV cache of its own size
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{args.threads - 1}")
@@ -41,7 +42,7 @@ def main() -> None:
     sizes = [int(x) for x in args.batch_sizes.split(",") if x]
     llm = LLM(
         model=str(args.model),
-        dtype="bfloat16",
+        dtype=args.dtype,
         max_model_len=1024,
         max_num_seqs=max(sizes),
         enable_prefix_caching=False,  # every prompt once, as the engine sees it

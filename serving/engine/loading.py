@@ -108,7 +108,7 @@ def finish(
         model = deepspeed_engine.module
     _apply_cpu_options(model, profile, device)
     if device.type == "cpu" and not replaces_modules(profile):
-        use_engine_attention(model)
+        use_engine_attention(model, use_kernels=profile.cpu.attention_kernels)
         if profile.cpu.packed_weights and packed_linear.available():
             # again after every adapter change: a merged adapter changed the weights
             packed_linear.pack_linears(model)

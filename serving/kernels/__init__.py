@@ -11,7 +11,9 @@ The kernels are C with no dependency, built on first use by the system's C compi
 CPU (``-march=native``; OpenMP from torch's own runtime, already loaded) into
 ``$XDG_CACHE_HOME/newsdesk/kernels``, keyed by the source, the compiler and the CPU's flags
 (a shared home on a mixed cluster keeps one build per CPU kind), and called through ctypes
-(which releases the GIL).
+(which releases the GIL). The hot loops are written out for AVX-512 and for AVX2 + FMA (CPUs
+without AVX-512), each giving the portable loops' bits (tested); the cache they read is the
+model's own dtype, bf16 or fp32.
 
 Without a C compiler (or on a platform it does not build on) :func:`load` returns None and
 the engine keeps PyTorch's path with an fp32 cache, logged once: slower, never wrong.
@@ -45,6 +47,10 @@ FLAGS = (
     "-shared",
     "-std=gnu11",
 )
+
+
+# the KV caches the kernels read: a bf16 model's (exact in bf16) and an fp32 model's
+CACHE_DTYPES = (torch.bfloat16, torch.float32)
 
 
 def _cache_dir() -> Path:
@@ -96,14 +102,16 @@ def open_library(path: Path) -> ctypes.CDLL:
     library = ctypes.CDLL(str(path))
     fn = library.newsdesk_decode_attention
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.c_int]
+    fn.argtypes = (
+        [ctypes.c_void_p] * 5 + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
+    )
     fn = library.newsdesk_prefill_attention
     fn.restype = ctypes.c_int
     fn.argtypes = (
         [ctypes.c_void_p] * 3
         + [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
         + [ctypes.c_int] * 5
-        + [ctypes.c_float, ctypes.c_int]
+        + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
     )
     return library
 
@@ -135,17 +143,18 @@ def decode_attention(
     scale: float,
     library: ctypes.CDLL | None = None,
 ) -> torch.Tensor | None:
-    """Attention of ``(n, H, 1, D)`` queries against ``(n, Hkv, L, D)`` bf16 keys and values
-    where ``mask`` (``(n, 1, 1, L)`` bool) is set; ``(n, 1, H, D)`` fp32. None when the kernel
-    is not built or the shapes are not ones it handles (the caller then uses PyTorch).
+    """Attention of ``(n, H, 1, D)`` queries against ``(n, Hkv, L, D)`` keys and values (bf16
+    or fp32, :data:`CACHE_DTYPES`) where ``mask`` (``(n, 1, 1, L)`` bool) is set;
+    ``(n, 1, H, D)`` fp32. None when the kernel is not built or the shapes are not ones it
+    handles (the caller then uses PyTorch).
     ``library``: another build of the kernels (tests), not the one :func:`load` gives."""
     library = library or load()
     rows, heads, _, dim = query.shape
     kv_heads, capacity = key.shape[1], key.shape[2]
     if (
         library is None
-        or key.dtype != torch.bfloat16
-        or value.dtype != torch.bfloat16
+        or key.dtype not in CACHE_DTYPES
+        or value.dtype != key.dtype
         or mask.dtype != torch.bool
         or mask.shape != (rows, 1, 1, capacity)
         or not (key.is_contiguous() and value.is_contiguous() and mask.is_contiguous())
@@ -167,6 +176,7 @@ def decode_attention(
         dim,
         scale,
         torch.get_num_threads(),
+        key.dtype == torch.bfloat16,
     )
     if status != 0:
         return None
@@ -182,17 +192,18 @@ def prefill_attention(
     library: ctypes.CDLL | None = None,
 ) -> torch.Tensor | None:
     """Attention of one row's ``(1, H, Lq, D)`` queries (a prompt, the rating pass) against its
-    ``(1, Hkv, Lk, D)`` bf16 keys and values (views of the slot cache: columns contiguous,
-    heads strided), where ``mask`` (``(1, 1, Lq, Lk)`` bool) is set, or causal from the last
-    key back when it is None; ``(1, Lq, H, D)`` fp32. None where the kernel does not apply."""
+    ``(1, Hkv, Lk, D)`` keys and values (bf16 or fp32; views of the slot cache: columns
+    contiguous, heads strided), where ``mask`` (``(1, 1, Lq, Lk)`` bool) is set, or causal
+    from the last key back when it is None; ``(1, Lq, H, D)`` fp32. None where the kernel does
+    not apply."""
     library = library or load()
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
     if (
         library is None
         or batch != 1
-        or key.dtype != torch.bfloat16
-        or value.dtype != torch.bfloat16
+        or key.dtype not in CACHE_DTYPES
+        or value.dtype != key.dtype
         or key.stride() != value.stride()
         or key.stride()[2:] != (dim, 1)
         or key.device.type != "cpu"
@@ -216,6 +227,7 @@ def prefill_attention(
         dim,
         scale,
         torch.get_num_threads(),
+        key.dtype == torch.bfloat16,
     )
     if status != 0:
         return None

@@ -2,8 +2,9 @@
  * this file and calls it): decode steps (newsdesk_decode_attention) and one row's prefill or
  * rating pass (newsdesk_prefill_attention, further down).
  *
- * Keys and values are stored in bf16 (the model computes them in bf16, so bf16 storage is
- * exact) and widened to fp32 as they are read; every sum is fp32.
+ * Keys and values are stored in bf16 for a bf16 model (it computes them in bf16, so bf16
+ * storage is exact), widened to fp32 as they are read, or in fp32 for an fp32 model (`kv_bf16`
+ * says which); every sum is fp32.
  *
  * Decode steps: one query position per row against the row's cache. What PyTorch's two
  * batched matmuls and softmax cost here is reading the cache as fp32 through small-M gemms
@@ -20,8 +21,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
+#endif
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#define NEWSDESK_AVX2 1
 #endif
 
 #define LANES 16
@@ -56,6 +60,26 @@ static inline float exp_nonpositive(float x) {
     return p * scale;
 }
 
+static inline float cache_at(const void *base, size_t i, int kv_bf16) {
+    return kv_bf16 ? bf16_to_f32(((const uint16_t *)base)[i]) : ((const float *)base)[i];
+}
+
+/* `n` cached values from element `offset` of `base` as fp32: widened into `scratch` (bf16),
+ * or read in place (fp32) */
+static inline const float *cache_row(const void *base, size_t offset, int n, int kv_bf16,
+                                     float *scratch) {
+    if (!kv_bf16) return (const float *)base + offset;
+    const uint16_t *src = (const uint16_t *)base + offset;
+    for (int d = 0; d < n; d++) scratch[d] = bf16_to_f32(src[d]);
+    return scratch;
+}
+
+/* element `i` of a cache of either type, as a pointer */
+static inline const void *kv_at(const void *base, size_t i, int kv_bf16) {
+    if (kv_bf16) return (const uint16_t *)base + i;
+    return (const float *)base + i;
+}
+
 static inline float tree_sum(float *lanes) {
     for (int width = LANES / 2; width > 0; width /= 2)
         for (int j = 0; j < width; j++) lanes[j] += lanes[j + width];
@@ -81,16 +105,15 @@ static void softmax(float *scores, int count, int groups) {
 }
 
 /* One (row, kv head): its `groups` query heads against its attended columns `cols`. */
-static void item_generic(const float *qh, const uint16_t *kh, const uint16_t *vh,
+static void item_generic(const float *qh, const void *kh, const void *vh, int kv_bf16,
                          const int *cols, int count, int groups, int dim, float scale,
                          float *scores, float *oh) {
-    float row_f[MAX_DIM];
+    float scratch[MAX_DIM];
     float lanes[LANES];
 
     /* scores = q . k * scale, one attended column at a time */
     for (int i = 0; i < count; i++) {
-        const uint16_t *kl = kh + (size_t)cols[i] * dim;
-        for (int d = 0; d < dim; d++) row_f[d] = bf16_to_f32(kl[d]);
+        const float *row_f = cache_row(kh, (size_t)cols[i] * dim, dim, kv_bf16, scratch);
         for (int g = 0; g < groups; g++) {
             const float *qg = qh + (size_t)g * dim;
             for (int j = 0; j < LANES; j++) lanes[j] = qg[j] * row_f[j];
@@ -107,8 +130,7 @@ static void item_generic(const float *qh, const uint16_t *kh, const uint16_t *vh
     for (int g = 0; g < groups; g++)
         for (int d = 0; d < dim; d++) acc[g][d] = 0.0f;
     for (int i = 0; i < count; i++) {
-        const uint16_t *vl = vh + (size_t)cols[i] * dim;
-        for (int d = 0; d < dim; d++) row_f[d] = bf16_to_f32(vl[d]);
+        const float *row_f = cache_row(vh, (size_t)cols[i] * dim, dim, kv_bf16, scratch);
         for (int g = 0; g < groups; g++) {
             const float p = scores[(size_t)g * count + i];
             for (int d = 0; d < dim; d++) acc[g][d] = __builtin_fmaf(p, row_f[d], acc[g][d]);
@@ -124,19 +146,26 @@ static inline __m512 load_bf16x16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 
+/* 16 cached values from element `i` of `base`, as fp32 */
+static inline __m512 load_cache16(const void *base, size_t i, int kv_bf16) {
+    return kv_bf16 ? load_bf16x16((const uint16_t *)base + i)
+                   : _mm512_loadu_ps((const float *)base + i);
+}
+
 /* item_generic for 3 query heads per kv head and 64 dimensions (SmolLM2, Llama-3.2-1B's
  * shape class) with the query and the accumulators in registers: the same arithmetic in the
  * same order (lane j of a 16-wide register is lanes[j]; _mm512_reduce_add_ps is tree_sum's
  * tree), ~5x faster than what the compiler makes of the generic loops. */
-static void item_3x64(const float *qh, const uint16_t *kh, const uint16_t *vh, const int *cols,
-                      int count, float scale, float *scores, float *oh) {
+static void item_3x64(const float *qh, const void *kh, const void *vh, int kv_bf16,
+                      const int *cols, int count, float scale, float *scores, float *oh) {
     __m512 qv[3][4];
     for (int g = 0; g < 3; g++)
         for (int j = 0; j < 4; j++) qv[g][j] = _mm512_loadu_ps(qh + g * 64 + j * 16);
     for (int i = 0; i < count; i++) {
-        const uint16_t *kl = kh + (size_t)cols[i] * 64;
-        const __m512 k0 = load_bf16x16(kl), k1 = load_bf16x16(kl + 16);
-        const __m512 k2 = load_bf16x16(kl + 32), k3 = load_bf16x16(kl + 48);
+        const size_t at = (size_t)cols[i] * 64;
+        const __m512 k0 = load_cache16(kh, at, kv_bf16), k1 = load_cache16(kh, at + 16, kv_bf16);
+        const __m512 k2 = load_cache16(kh, at + 32, kv_bf16);
+        const __m512 k3 = load_cache16(kh, at + 48, kv_bf16);
         for (int g = 0; g < 3; g++) {
             __m512 acc = _mm512_mul_ps(qv[g][0], k0);
             acc = _mm512_fmadd_ps(qv[g][1], k1, acc);
@@ -150,9 +179,10 @@ static void item_3x64(const float *qh, const uint16_t *kh, const uint16_t *vh, c
     for (int g = 0; g < 3; g++)
         for (int j = 0; j < 4; j++) acc[g][j] = _mm512_setzero_ps();
     for (int i = 0; i < count; i++) {
-        const uint16_t *vl = vh + (size_t)cols[i] * 64;
-        const __m512 v0 = load_bf16x16(vl), v1 = load_bf16x16(vl + 16);
-        const __m512 v2 = load_bf16x16(vl + 32), v3 = load_bf16x16(vl + 48);
+        const size_t at = (size_t)cols[i] * 64;
+        const __m512 v0 = load_cache16(vh, at, kv_bf16), v1 = load_cache16(vh, at + 16, kv_bf16);
+        const __m512 v2 = load_cache16(vh, at + 32, kv_bf16);
+        const __m512 v3 = load_cache16(vh, at + 48, kv_bf16);
         for (int g = 0; g < 3; g++) {
             const __m512 p = _mm512_set1_ps(scores[(size_t)g * count + i]);
             acc[g][0] = _mm512_fmadd_ps(p, v0, acc[g][0]);
@@ -163,6 +193,63 @@ static void item_3x64(const float *qh, const uint16_t *kh, const uint16_t *vh, c
     }
     for (int g = 0; g < 3; g++)
         for (int j = 0; j < 4; j++) _mm512_storeu_ps(oh + g * 64 + j * 16, acc[g][j]);
+}
+#endif
+
+#if defined(NEWSDESK_AVX2)
+/* 8 cached values from element `i` of `base`, as fp32 */
+static inline __m256 load_cache8(const void *base, size_t i, int kv_bf16) {
+    if (!kv_bf16) return _mm256_loadu_ps((const float *)base + i);
+    const __m128i raw = _mm_loadu_si128((const __m128i *)((const uint16_t *)base + i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+
+/* tree_sum of 16 lanes held as lanes 0-7 (lo) and 8-15 (hi): the same additions in the same
+ * order (j + 8, then j + 4, j + 2, j + 1) */
+static inline float tree_sum8x2(__m256 lo, __m256 hi) {
+    const __m256 s8 = _mm256_add_ps(lo, hi);
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+    return _mm_cvtss_f32(s1);
+}
+
+/* item_generic for 3 query heads per kv head and 64 dimensions on AVX2: the same arithmetic in
+ * the same order (the 16 partial sums of a score as two 8-wide registers) */
+static void item_3x64(const float *qh, const void *kh, const void *vh, int kv_bf16,
+                      const int *cols, int count, float scale, float *scores, float *oh) {
+    for (int i = 0; i < count; i++) {
+        const size_t at = (size_t)cols[i] * 64;
+        __m256 k[8];
+        for (int j = 0; j < 8; j++) k[j] = load_cache8(kh, at + 8 * j, kv_bf16);
+        for (int g = 0; g < 3; g++) {
+            const float *qg = qh + g * 64;
+            __m256 lo = _mm256_mul_ps(_mm256_loadu_ps(qg), k[0]);
+            __m256 hi = _mm256_mul_ps(_mm256_loadu_ps(qg + 8), k[1]);
+            for (int j = 2; j < 8; j += 2) {
+                lo = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 8 * j), k[j], lo);
+                hi = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 8 * j + 8), k[j + 1], hi);
+            }
+            scores[(size_t)g * count + i] = tree_sum8x2(lo, hi) * scale;
+        }
+    }
+    softmax(scores, count, 3);
+    for (int half = 0; half < 64; half += 32) { /* 3 x 4 accumulators a pass */
+        __m256 acc[3][4];
+        for (int g = 0; g < 3; g++)
+            for (int j = 0; j < 4; j++) acc[g][j] = _mm256_setzero_ps();
+        for (int i = 0; i < count; i++) {
+            const size_t at = (size_t)cols[i] * 64 + half;
+            __m256 v[4];
+            for (int j = 0; j < 4; j++) v[j] = load_cache8(vh, at + 8 * j, kv_bf16);
+            for (int g = 0; g < 3; g++) {
+                const __m256 p = _mm256_set1_ps(scores[(size_t)g * count + i]);
+                for (int j = 0; j < 4; j++) acc[g][j] = _mm256_fmadd_ps(p, v[j], acc[g][j]);
+            }
+        }
+        for (int g = 0; g < 3; g++)
+            for (int j = 0; j < 4; j++) _mm256_storeu_ps(oh + g * 64 + half + 8 * j, acc[g][j]);
+    }
 }
 #endif
 
@@ -183,13 +270,14 @@ static void *thread_buffer(int which, size_t bytes) {
 }
 
 /* q:    (rows, heads, dim) fp32, the step's queries
- * k, v: (slots, kv_heads, capacity, dim) bf16 (rows <= slots; row i is slot i)
+ * k, v: (slots, kv_heads, capacity, dim) bf16 or fp32 (kv_bf16) (rows <= slots; row i is
+ *       slot i)
  * mask: (rows, capacity) bytes, nonzero where the row attends
  * out:  (rows, heads, dim) fp32
  * Returns 0, or -1 when a shape is outside what this kernel handles. */
-int newsdesk_decode_attention(const float *q, const uint16_t *k, const uint16_t *v,
+int newsdesk_decode_attention(const float *q, const void *k, const void *v,
                               const uint8_t *mask, float *out, int rows, int heads, int kv_heads,
-                              int capacity, int dim, float scale, int threads) {
+                              int capacity, int dim, float scale, int threads, int kv_bf16) {
     if (kv_heads <= 0 || heads % kv_heads != 0 || heads / kv_heads > MAX_GROUPS ||
         dim % LANES != 0 || dim > MAX_DIM)
         return -1;
@@ -218,14 +306,15 @@ int newsdesk_decode_attention(const float *q, const uint16_t *k, const uint16_t 
         float *oh = out + ((size_t)b * heads + (size_t)h * groups) * dim;
         float *scores = scores_all + (size_t)item * groups * capacity;
         const int *cols = columns + (size_t)b * capacity;
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(NEWSDESK_AVX2)
         if (groups == 3 && dim == 64) {
-            item_3x64(qh, k + head_offset, v + head_offset, cols, counts[b], scale, scores, oh);
+            item_3x64(qh, kv_at(k, head_offset, kv_bf16), kv_at(v, head_offset, kv_bf16), kv_bf16,
+                      cols, counts[b], scale, scores, oh);
             continue;
         }
 #endif
-        item_generic(qh, k + head_offset, v + head_offset, cols, counts[b], groups, dim, scale,
-                     scores, oh);
+        item_generic(qh, kv_at(k, head_offset, kv_bf16), kv_at(v, head_offset, kv_bf16), kv_bf16,
+                     cols, counts[b], groups, dim, scale, scores, oh);
     }
     return 0;
 }
@@ -386,15 +475,112 @@ static void tile_avx512(const float *const *qs, int rows, const float *kth, cons
 }
 #endif
 
+#if defined(NEWSDESK_AVX2)
+/* exp_nonpositive on 8 lanes: the same operations, so the same bits */
+static inline __m256 exp_nonpositive8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fmadd_ps(k, _mm256_set1_ps(-0.693359375f), x);
+    r = _mm256_fmadd_ps(k, _mm256_set1_ps(2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    const __m256i bits = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+/* where 8 attend bytes are nonzero: all-ones lanes */
+static inline __m256 attend8(const uint8_t *a) {
+    const __m256i wide = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)a));
+    return _mm256_castsi256_ps(
+        _mm256_xor_si256(_mm256_cmpeq_epi32(wide, _mm256_setzero_si256()),
+                         _mm256_set1_epi32(-1)));
+}
+
+/* tile_generic's three phases on AVX2 (same order, same bits): scores 8 columns at a time
+ * (each column's sum is its own), the softmax's 16 partial sums as two registers, outputs for
+ * two queries and 32 dimensions a pass */
+static void tile_avx2(const float *const *qs, int rows, const float *kth, const float *vfh,
+                      int k_pad, int span, int dim, float scale, const uint8_t *attend,
+                      int attend_stride, float *s, float *const *outs) {
+    const int span_pad = (span + LANES - 1) / LANES * LANES;
+    for (int c0 = 0; c0 < span_pad; c0 += 8) {
+        __m256 acc[TILE];
+        const __m256 k0 = _mm256_loadu_ps(kth + c0);
+        for (int r = 0; r < TILE; r++) acc[r] = _mm256_mul_ps(_mm256_set1_ps(qs[r][0]), k0);
+        for (int d = 1; d < dim; d++) {
+            const __m256 kd = _mm256_loadu_ps(kth + (size_t)d * k_pad + c0);
+            for (int r = 0; r < TILE; r++)
+                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(qs[r][d]), kd, acc[r]);
+        }
+        for (int r = 0; r < rows; r++)
+            _mm256_storeu_ps(s + (size_t)r * k_pad + c0,
+                             _mm256_mul_ps(acc[r], _mm256_set1_ps(scale)));
+    }
+    for (int r = 0; r < rows; r++) {
+        float *si = s + (size_t)r * k_pad;
+        const uint8_t *a = attend + (size_t)r * attend_stride;
+        float top = -__builtin_inff();
+        for (int c = 0; c < span_pad; c++)
+            if (a[c] && si[c] > top) top = si[c];
+        const __m256 top8 = _mm256_set1_ps(top);
+        __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+        for (int c0 = 0; c0 < span_pad; c0 += LANES) {
+            const __m256 e0 = _mm256_and_ps(
+                attend8(a + c0), exp_nonpositive8(_mm256_sub_ps(_mm256_loadu_ps(si + c0), top8)));
+            const __m256 e1 = _mm256_and_ps(
+                attend8(a + c0 + 8),
+                exp_nonpositive8(_mm256_sub_ps(_mm256_loadu_ps(si + c0 + 8), top8)));
+            _mm256_storeu_ps(si + c0, e0);
+            _mm256_storeu_ps(si + c0 + 8, e1);
+            lo = _mm256_add_ps(lo, e0);
+            hi = _mm256_add_ps(hi, e1);
+        }
+        const __m256 sum = _mm256_set1_ps(tree_sum8x2(lo, hi));
+        for (int c0 = 0; c0 < span_pad; c0 += 8)
+            _mm256_storeu_ps(si + c0, _mm256_div_ps(_mm256_loadu_ps(si + c0), sum));
+    }
+    const int blocks = dim / 8;
+    for (int r0 = 0; r0 < rows; r0 += 2) {
+        const int pair = rows - r0 < 2 ? 1 : 2;
+        const float *p0 = s + (size_t)r0 * k_pad, *p1 = s + (size_t)(r0 + pair - 1) * k_pad;
+        for (int b0 = 0; b0 < blocks; b0 += 4) { /* 4 blocks of 8 dims: 8 sums in registers */
+            const int nb = blocks - b0 < 4 ? blocks - b0 : 4;
+            __m256 o0[4], o1[4];
+            for (int j = 0; j < 4; j++) o0[j] = o1[j] = _mm256_setzero_ps();
+            for (int c = 0; c < span; c++) {
+                const float *vc = vfh + (size_t)c * dim + b0 * 8;
+                const __m256 x = _mm256_set1_ps(p0[c]), y = _mm256_set1_ps(p1[c]);
+                for (int j = 0; j < nb; j++) {
+                    const __m256 vv = _mm256_loadu_ps(vc + j * 8);
+                    o0[j] = _mm256_fmadd_ps(x, vv, o0[j]);
+                    o1[j] = _mm256_fmadd_ps(y, vv, o1[j]);
+                }
+            }
+            for (int j = 0; j < nb; j++) {
+                _mm256_storeu_ps(outs[r0] + (b0 + j) * 8, o0[j]);
+                if (pair == 2) _mm256_storeu_ps(outs[r0 + 1] + (b0 + j) * 8, o1[j]);
+            }
+        }
+    }
+}
+#endif
+
 /* q:    (heads, q_len, dim) fp32
- * k, v: the row's keys and values, bf16, head h's column c at [h * head_stride + c * dim]
+ * k, v: the row's keys and values, bf16 or fp32 (kv_bf16), head h's column c at
+ *       [h * head_stride + c * dim]
  * mask: (q_len, k_len) bytes, nonzero where query i attends column c; NULL: causal with the
  *       last query on the last column
  * out:  (q_len, heads, dim) fp32 */
-int newsdesk_prefill_attention(const float *q, const uint16_t *k, const uint16_t *v,
-                               long head_stride, const uint8_t *mask, float *out, int q_len,
-                               int k_len, int heads, int kv_heads, int dim, float scale,
-                               int threads) {
+int newsdesk_prefill_attention(const float *q, const void *k, const void *v, long head_stride,
+                               const uint8_t *mask, float *out, int q_len, int k_len, int heads,
+                               int kv_heads, int dim, float scale, int threads, int kv_bf16) {
     if (kv_heads <= 0 || heads % kv_heads != 0 || dim % LANES != 0 || dim > MAX_DIM ||
         q_len <= 0 || k_len <= 0 || (mask == NULL && q_len > k_len))
         return -1;
@@ -412,15 +598,15 @@ int newsdesk_prefill_attention(const float *q, const uint16_t *k, const uint16_t
     for (int item = 0; item < kv_heads * blocks; item++) {
         const int h = item / blocks, c_begin = (item % blocks) * 64;
         const int c_end = c_begin + 64 < k_pad ? c_begin + 64 : k_pad;
-        const uint16_t *kh = k + (size_t)h * head_stride, *vh = v + (size_t)h * head_stride;
+        const size_t head = (size_t)h * head_stride;
         float *kth = kt + (size_t)h * dim * k_pad, *vfh = vf + (size_t)h * k_len * dim;
         for (int d = 0; d < dim; d++)
             for (int c = c_begin; c < c_end; c++)
                 kth[(size_t)d * k_pad + c] =
-                    c < k_len ? bf16_to_f32(kh[(size_t)c * dim + d]) : 0.0f;
+                    c < k_len ? cache_at(k, head + (size_t)c * dim + d, kv_bf16) : 0.0f;
         for (int c = c_begin; c < (c_end < k_len ? c_end : k_len); c++)
             for (int d = 0; d < dim; d++)
-                vfh[(size_t)c * dim + d] = bf16_to_f32(vh[(size_t)c * dim + d]);
+                vfh[(size_t)c * dim + d] = cache_at(v, head + (size_t)c * dim + d, kv_bf16);
     }
     const int tiles = (q_len + TILE - 1) / TILE;
     int failed = 0;
@@ -466,6 +652,9 @@ int newsdesk_prefill_attention(const float *q, const uint16_t *k, const uint16_t
 #if defined(__AVX512F__)
             (void)tile_generic;
             tile_avx512(qs, rows, kth, vfh, k_pad, span, dim, scale, attend, k_pad, s, outs);
+#elif defined(NEWSDESK_AVX2)
+            (void)tile_generic;
+            tile_avx2(qs, rows, kth, vfh, k_pad, span, dim, scale, attend, k_pad, s, outs);
 #else
             tile_generic(qs, rows, kth, vfh, k_pad, span, dim, scale, attend, k_pad, s, outs);
 #endif
