@@ -50,6 +50,7 @@ from benchmarks.anchors.vllm_anchor import SETUP as VLLM_SETUP  # noqa: E402
 from benchmarks.anchors.vllm_anchor import VllmAnchor  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
 from core.article import Article  # noqa: E402
+from serving import lean_step  # noqa: E402
 from serving.decoding import left_pad  # noqa: E402
 from serving.engine import SummarizeEngine  # noqa: E402
 from serving.profiles import cpu_has_native_bf16, load_profile  # noqa: E402
@@ -118,7 +119,8 @@ def engine_run(engine: SummarizeEngine, articles: list[Article], new_tokens: int
 class Breakdown:
     """Where one ``engine.summarize`` call's time goes. Wraps the decoder's ``decode`` and the
     scorer's ``signals`` (their own timings) and times the model's forward passes with hooks,
-    by kind: a decode step feeds one token per row, anything else is prefill or rating."""
+    by kind: a decode step feeds one token per row (or runs :mod:`serving.lean_step`),
+    anything else is prefill or rating."""
 
     def __init__(self, engine: SummarizeEngine) -> None:
         self.engine = engine
@@ -133,18 +135,25 @@ class Breakdown:
             self.steps += out.steps
             return out
 
-        def timed_signals(*args, **kwargs):  # type: ignore[no-untyped-def]
-            started = time.perf_counter()
-            try:
-                return signals(*args, **kwargs)
-            finally:
-                self.embed += time.perf_counter() - started
-
         engine.decoder.decode = timed_decode  # type: ignore[method-assign]
-        engine.scorer.signals = timed_signals  # type: ignore[method-assign]
+        engine.scorer.signals = self._timed(signals, "embed")  # type: ignore[method-assign]
+        # a decode step's forward is serving.lean_step's where it applies, else the model's
+        lean_step.decode_logits = self._timed(lean_step.decode_logits, "decode_forward")  # type: ignore[assignment]
         model = engine.adapters.base
         model.register_forward_pre_hook(self._before, with_kwargs=True)
         model.register_forward_hook(self._after, with_kwargs=True)
+
+    def _timed(self, fn, total: str):  # type: ignore[no-untyped-def]
+        """``fn``, adding its wall time to the attribute ``total`` at every call."""
+
+        def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                setattr(self, total, getattr(self, total) + time.perf_counter() - started)
+
+        return timed
 
     def reset(self) -> None:
         self.prefill = self.decode = self.rating = self.embed = self.decode_forward = 0.0
@@ -236,6 +245,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "unpacked": ({"packed_weights": False}, {}),  # bf16: reordered at every call; fp32: MKL
     # both off: the engine before either (on an AVX2 CPU, the fp32 engine of before 2026-11-30)
     "unpacked+pytorch-attention": ({"packed_weights": False, "attention_kernels": False}, {}),
+    "no-lean-step": ({"lean_decode_step": False}, {}),  # decode steps through model.forward
     "fp32": ({}, {"dtype": "float32"}),
     "no-prefix-cache": ({"reuse_prefix_cache": False}, {}),
     "prompt-320": ({}, {"max_prompt_tokens": 320}),

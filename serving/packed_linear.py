@@ -30,10 +30,11 @@ another reason: PyTorch's fp32 ``F.linear`` calls MKL, whose small-M sgemm reads
 a fraction of the machine's bandwidth (the output layer, 113 MB, took 30 ms at 2 rows on a
 2-core AVX2 EPYC, against 12 ms in oneDNN; a whole decode step at 8 rows 208 -> 152 ms). Not
 ``F.linear``'s bits there (another library's summation order), but batch-invariant the same
-way: a row's bits do not depend on the rows beside it or their number, from 1 to 16 and in
+way: a row's bits do not depend on the rows beside it or their number, from 2 to 16 and in
 blocks of a prompt, for every projection shape, and a sibling group's columns are each member's
-bits (tested). Its distance from the unpacked engine is measured like any change of rounding
-(docs/engine.md).
+bits (tested). A single row can take oneDNN's one-row path (the down projection's bits moved
+at one row on an AMX Xeon), as with bf16: a lone row steps beside an idle one. Its distance
+from the unpacked engine is measured like any change of rounding (docs/engine.md).
 
 The cost is memory: the plain weights stay (PEFT merges into them, the tied output layer is
 the embedding table, training reads them), so a replica holds the Linear weights twice (+270

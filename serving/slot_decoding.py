@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache
 
+from serving import lean_step
 from serving.decoding import DecodeOutput, PreallocatedLayer, PrefixCache, _logits, rate_row
 
 
@@ -160,6 +161,7 @@ class SlotBatch:
         rating_suffix: Sequence[int] | None = None,
         score_ids: Sequence[int] | None = None,
         cache_dtype: torch.dtype | None = None,
+        lean: bool = True,
     ) -> None:
         self.model = model
         self.slots = max(slots, 2)  # room for the idle row beside a lone one
@@ -192,6 +194,8 @@ class SlotBatch:
         self.mask = torch.zeros((self.slots, self.capacity), dtype=torch.bool, device=self.device)
         self.rows: list[_Row] = []  # active rows, row i in slot i
         self.steps_run = 0
+        # decode steps without transformers' glue where the model allows (the same bits)
+        self.lean = lean and lean_step.applies(model)
 
     # --- admission --------------------------------------------------------------------------
 
@@ -274,13 +278,17 @@ class SlotBatch:
         for layer in self.layers:
             layer.step_positions = columns
         try:
-            logits = _logits(
-                self.model,
-                input_ids=ids,
-                attention_mask=self.mask[:batch, None, None, :],
-                position_ids=positions,
-                cache=self.cache,
-            )
+            mask = self.mask[:batch, None, None, :]
+            if self.lean:  # the same step's bits, without transformers' glue (lean_step)
+                logits = lean_step.decode_logits(self.model, ids, positions, mask, self.layers)
+            else:
+                logits = _logits(
+                    self.model,
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    cache=self.cache,
+                )
         finally:
             for layer in self.layers:
                 layer.step_positions = None

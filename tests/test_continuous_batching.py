@@ -72,6 +72,46 @@ def test_an_article_decodes_the_same_alone_batched_or_joining_mid_way(engine, le
     )
 
 
+def test_the_lean_decode_step_gives_the_models_own_bits(engine, lee, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """serving.lean_step runs the engine's decode steps (the default model is plain LLaMA on
+    the engine's attention): at every step of a run with rows joining and leaving, its logits
+    and the keys and values it writes are the model's own forward's, bit for bit."""
+    from transformers.cache_utils import Cache
+
+    from serving import lean_step
+    from serving.decoding import _logits
+
+    assert lean_step.applies(engine.decoder.model)
+    rows = []
+    real = lean_step.decode_logits
+
+    def checked(model, ids, positions, mask, layers):  # type: ignore[no-untyped-def]
+        before = [(layer.key_buffer.clone(), layer.value_buffer.clone()) for layer in layers]
+        ours = real(model, ids, positions, mask, layers)
+        written = [(layer.key_buffer.clone(), layer.value_buffer.clone()) for layer in layers]
+        for layer, (keys, values) in zip(layers, before, strict=True):
+            layer.key_buffer.copy_(keys)
+            layer.value_buffer.copy_(values)
+        theirs = _logits(
+            model,
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=Cache(layers=list(layers)),
+        )
+        assert torch.equal(ours, theirs)
+        for layer, (keys, values) in zip(layers, written, strict=True):
+            assert torch.equal(layer.key_buffer, keys) and torch.equal(layer.value_buffer, values)
+        rows.append(ids.shape[0])
+        return ours
+
+    monkeypatch.setattr(lean_step, "decode_logits", checked)
+    prompts = [build_prompt(engine.tokenizer, a, engine.profile.max_prompt_tokens).ids for a in lee]
+    out = _run(engine, prompts, [2, 0, 4, 1, 3], {0: 3, 4: 7, 1: 9}, slots=3)
+    assert len(out) == len(lee)
+    assert len(rows) >= NEW_TOKENS and {2, 3} <= set(rows), rows  # it ran, alone and full
+
+
 def _exact(outcome: Result | ArticleError) -> dict:
     return outcome.model_dump(exclude={"timings"})
 

@@ -55,8 +55,11 @@ def test_packed_fp32_rows_do_not_depend_on_their_company(
     out_features: int, in_features: int
 ) -> None:
     """fp32: oneDNN's kernel, not ``F.linear``'s (MKL), so not its bits; but a row's bits are
-    the same alone, in any company of up to 16 rows and at any place in it, and in any block
-    of a prompt's rows (what batch invariance needs of a decode step's matmuls)."""
+    the same in any company of 2 to 16 rows and at any place in it, and in any block of a
+    prompt's rows (what batch invariance needs of a decode step's matmuls). Not alone: a
+    single row can take oneDNN's one-row path (on an AMX Xeon, 2026-12-01, the down
+    projection's bits moved at one row), which is why a lone row steps beside an idle one
+    (serving/slot_decoding.py), as with bf16."""
     torch.manual_seed(out_features + in_features)
     layer = nn.Linear(in_features, out_features, bias=False)
     weight = layer.weight.detach().clone()
@@ -64,10 +67,10 @@ def test_packed_fp32_rows_do_not_depend_on_their_company(
     with torch.inference_mode():
         x = torch.randn(16, in_features)
         together = layer(x)
-        for rows in (1, 2, 3, 8, 15):
+        for rows in (2, 3, 8, 15):
             for start in (0, 16 - rows):
-                alone = layer(x[start : start + rows].clone())
-                assert torch.equal(alone, together[start : start + rows]), (rows, start)
+                fewer = layer(x[start : start + rows].clone())
+                assert torch.equal(fewer, together[start : start + rows]), (rows, start)
         prompt = torch.randn(130, in_features)
         whole = layer(prompt)
         assert torch.equal(layer(prompt[:40].clone()), whole[:40])

@@ -58,6 +58,7 @@ class Decoder:
         self.retry_suppress = sorted({*self.first_suppress, self.eos_id})
         self.uses_generate = replaces_modules(profile)
         self.reuse_prefix = profile.cpu.reuse_prefix_cache
+        self.lean_step = profile.cpu.lean_decode_step
         on_cpu = device.type == "cpu"
         # bf16 weights on CPU: fp32 KV cache, as attention runs in fp32 (serving/attention.py).
         self.cache_dtype = (
@@ -106,6 +107,7 @@ class Decoder:
             rating_suffix=self.rating_suffix,
             score_ids=self.score_ids,
             cache_dtype=self.slot_cache_dtype,
+            lean=self.lean_step,
         )
 
     def text(self, ids: list[int]) -> str:
