@@ -246,6 +246,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     # both off: the engine before either (on an AVX2 CPU, the fp32 engine of before 2026-11-30)
     "unpacked+pytorch-attention": ({"packed_weights": False, "attention_kernels": False}, {}),
     "no-lean-step": ({"lean_decode_step": False}, {}),  # decode steps through model.forward
+    "no-step-kernels": ({"step_kernels": False}, {}),  # lean steps on PyTorch's small ops
     "fp32": ({}, {"dtype": "float32"}),
     "no-prefix-cache": ({"reuse_prefix_cache": False}, {}),
     "prompt-320": ({}, {"max_prompt_tokens": 320}),

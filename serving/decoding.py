@@ -427,9 +427,12 @@ def rate_row(
     eos_id: int,
     rating_suffix: Sequence[int],
     score_ids: Sequence[int],
+    row_logits: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One row's rating pass on the row's own slice of the cache (``row_view(row, length)``;
     ``mask``: the row's ``(1, L)`` attention mask), ``(1, len(score_ids))`` on the CPU.
+    ``row_logits(row, length, input_ids, attention_mask, position_ids)``: another way to the
+    same logits (the slot batch's compiled path), instead of the model over ``row_view``.
 
     The row keeps the keys of its prompt and of its summary but the last token, then is fed
     ``[last token, eos] + rating_suffix``: the same slots and the same chunk whether the row
@@ -442,11 +445,16 @@ def rate_row(
         [mask[:, :kept], torch.ones((1, len(ids)), dtype=mask.dtype, device=device)], dim=1
     )
     start = int(mask[0, :kept].sum())
-    logits = _logits(
-        model,
-        input_ids=torch.tensor([ids], device=device),
-        attention_mask=row_mask,
-        position_ids=torch.arange(start, start + len(ids), device=device).unsqueeze(0),
-        cache=row_view(row, kept),
-    )
+    input_ids = torch.tensor([ids], device=device)
+    positions = torch.arange(start, start + len(ids), device=device).unsqueeze(0)
+    if row_logits is not None:
+        logits = row_logits(row, kept, input_ids, row_mask, positions)
+    else:
+        logits = _logits(
+            model,
+            input_ids=input_ids,
+            attention_mask=row_mask,
+            position_ids=positions,
+            cache=row_view(row, kept),
+        )
     return torch.softmax(logits[:, list(score_ids)].float(), dim=-1).cpu()

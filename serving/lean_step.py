@@ -12,8 +12,12 @@ rotary table, each layer's norms, projections, ``apply_rotary_pos_emb``, the cac
 position), so its logits and the keys and values it writes are the model's bits (tested at
 every step of a run, ``tests/test_continuous_batching.py``), only without the glue: 1.04x
 per step at 1, 8 and 16 rows (the two paths on the same steps, alternating which runs
-first). Owning the step is also where fused kernels for the norms, rotary embeddings and
-cache writes would go (docs/engine.md).
+first).
+
+Owning the step is also what lets the engine replace PyTorch's ~30 small ops a layer around the
+matmuls (residual adds, RMSNorms, rotary embeddings, cache writes) with three calls into C
+(:mod:`serving.kernels.step_ops`, ``cpu.step_kernels``) that give the same bits: the step's
+logits and cache writes stay the model's, tested the same way.
 
 The projections are still called as modules, so PEFT's LoRA layers (which replace them in
 place) and packed weights (:mod:`serving.packed_linear`) apply unchanged. A model that is not
@@ -23,12 +27,13 @@ attention takes the model's own forward: :func:`applies` says which.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers.models.llama import modeling_llama
 
-from serving import attention
+from serving import attention, kernels
+from serving.kernels import step_ops
 
 # the engine's attention functions by the name the model is switched to (serving.attention)
 _ATTENTION = {
@@ -59,10 +64,14 @@ def decode_logits(
     position_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     layers: Sequence,
+    ops: step_ops.StepOps | None = None,
 ) -> torch.Tensor:
     """``(B, vocab)`` logits of one decode step: ``input_ids`` and ``position_ids`` ``(B, 1)``,
     ``attention_mask`` the ``(B, 1, 1, L)`` bool mask over the cache, ``layers`` the cache's
-    layers (their ``update`` writes the step's keys and values and returns what to attend)."""
+    layers (their ``update`` writes the step's keys and values and returns what to attend).
+    ``ops``: the compiled step operations (:func:`step_ops_for`), None for PyTorch's."""
+    if ops is not None:
+        return _decode_logits_compiled(model, input_ids, position_ids, attention_mask, layers, ops)
     inner = model.model
     attend = _ATTENTION[model.config._attn_implementation]
     hidden = inner.embed_tokens(input_ids)
@@ -83,4 +92,122 @@ def decode_logits(
         residual = hidden
         hidden = residual + decoder.mlp(decoder.post_attention_layernorm(hidden))
     hidden = inner.norm(hidden)
+    return model.lm_head(hidden[:, -1:, :])[:, -1, :]
+
+
+def step_ops_for(model: torch.nn.Module, cache_dtype: torch.dtype) -> step_ops.StepOps | None:
+    """The compiled step operations for a model :func:`applies` to, on the engine's kernels
+    (attention over a cache of the model's dtype), where they are built and give PyTorch's bits
+    here (:func:`serving.kernels.step_ops.load`); else None."""
+    if not applies(model) or model.config._attn_implementation != attention.NAME:
+        return None
+    if not step_ops.handles(model, cache_dtype) or kernels.load() is None:
+        return None
+    return step_ops.load()
+
+
+def _decode_logits_compiled(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    layers: Sequence,
+    ops: step_ops.StepOps,
+) -> torch.Tensor:
+    """:func:`decode_logits` with a layer's adds, norms, rotary embeddings and cache writes in
+    C: row ``i`` writes at its column (``step_positions``) of slot ``i``, and attends its
+    masked columns of the whole capacity."""
+    rows = input_ids.shape[0]
+
+    def attend(attn, query, cache_layer):  # type: ignore[no-untyped-def]
+        keys, values = cache_layer.key_buffer[:rows], cache_layer.value_buffer[:rows]
+        return _attention(kernels.decode_attention, attn, query, keys, values, attention_mask)
+
+    columns = layers[0].step_positions
+    return _compiled_forward(model, input_ids, position_ids, layers, ops, columns, None, attend)
+
+
+@torch.inference_mode()
+def row_logits(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    layers: Sequence,
+    slot: int,
+    start: int,
+    ops: step_ops.StepOps,
+) -> torch.Tensor:
+    """``(1, vocab)`` logits at the last of one row's new positions (a prompt after the shared
+    prefix, a rating pass), fed after the first ``start`` columns of slot ``slot`` of the slot
+    cache ``layers``, whose keys and values they write from column ``start`` on: the model
+    forward over the row's view of the cache (serving.slot_decoding), with its adds, norms,
+    rotary embeddings and cache writes compiled as in a decode step. ``input_ids`` and
+    ``position_ids`` ``(1, L)``; ``attention_mask`` the row's ``(1, start + L)`` 2D mask.
+    The attention mask is transformers' for that input: a query at column ``start + i`` sees the
+    columns up to its own that the row's mask sets."""
+    end = start + input_ids.shape[1]
+    columns = torch.arange(start, end)
+    causal = torch.arange(end)[None, :] <= columns[:, None]
+    mask = (causal & attention_mask[0, :end].bool()[None, :])[None, None]
+
+    def attend(attn, query, cache_layer):  # type: ignore[no-untyped-def]
+        keys = cache_layer.key_buffer[slot : slot + 1, :, :end]
+        values = cache_layer.value_buffer[slot : slot + 1, :, :end]
+        return _attention(kernels.prefill_attention, attn, query, keys, values, mask)
+
+    return _compiled_forward(model, input_ids, position_ids, layers, ops, columns, slot, attend)
+
+
+def _attention(kernel, attn, query, keys, values, mask) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """fp32 attention by the engine's ``kernel``, or PyTorch's where the kernel does not take
+    the shapes (the same contract: :mod:`serving.attention`)."""
+    out = kernel(query, keys, values, mask, attn.scaling)
+    if out is None:
+        out, _ = attention.pytorch_attention(attn, query, keys, values, mask, attn.scaling)
+    return out
+
+
+def _compiled_forward(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    layers: Sequence,
+    ops: step_ops.StepOps,
+    columns: torch.Tensor,
+    slot: int | None,
+    attend: Callable,
+) -> torch.Tensor:
+    """The model's forward over the slot cache with its adds, norms, rotary embeddings and
+    cache writes in C (``ops``): the same values in the same order as transformers' LLaMA.
+    The new keys and values go to ``columns`` (of each row's slot, or all of ``slot``'s);
+    ``attend(attention_module, fp32_queries, cache_layer)`` gives the fp32 attention output.
+    The residual stream is carried as ``hidden`` plus the ``delta`` a block adds, so that
+    each norm takes its add with it (the next layer's, or the final norm, takes the MLP's).
+    Logits of the last position."""
+    inner = model.model
+    hidden = inner.embed_tokens(input_ids)
+    cos, sin = inner.rotary_emb(hidden, position_ids=position_ids)
+    rows, length = input_ids.shape
+    delta = None
+    for decoder, cache_layer in zip(inner.layers, layers, strict=True):
+        attn = decoder.self_attn
+        hidden, normed = ops.add_rmsnorm(hidden, delta, decoder.input_layernorm)
+        query = ops.rope_store(
+            attn.q_proj(normed),
+            attn.k_proj(normed),
+            attn.v_proj(normed),
+            cos,
+            sin,
+            cache_layer.key_buffer,
+            cache_layer.value_buffer,
+            columns,
+            attn.head_dim,
+            slot,
+        )
+        out = attend(attn, query, cache_layer)
+        delta = attn.o_proj(out.to(hidden.dtype).reshape(rows, length, -1))
+        hidden, normed = ops.add_rmsnorm(hidden, delta, decoder.post_attention_layernorm)
+        delta = decoder.mlp(normed)
+    _, hidden = ops.add_rmsnorm(hidden, delta, inner.norm)
     return model.lm_head(hidden[:, -1:, :])[:, -1, :]

@@ -130,6 +130,12 @@ class CpuOptions(BaseModel):
         "transformers' glue around them (serving/lean_step.py): exact (the same bits), "
         "~4% of a decode step.",
     )
+    step_kernels: bool = Field(
+        default=True,
+        description="With lean_decode_step and attention_kernels: a decode step's residual "
+        "adds, RMSNorms, rotary embeddings and cache writes in C (serving/kernels/step_ops.c), "
+        "checked at load to give PyTorch's bits on this CPU (else PyTorch's ops): exact.",
+    )
     int8_decode: bool = Field(
         default=False, description="Weight-only int8 Linear layers in decode steps."
     )

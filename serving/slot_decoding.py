@@ -162,6 +162,7 @@ class SlotBatch:
         score_ids: Sequence[int] | None = None,
         cache_dtype: torch.dtype | None = None,
         lean: bool = True,
+        step_kernels: bool = True,
     ) -> None:
         self.model = model
         self.slots = max(slots, 2)  # room for the idle row beside a lone one
@@ -196,6 +197,8 @@ class SlotBatch:
         self.steps_run = 0
         # decode steps without transformers' glue where the model allows (the same bits)
         self.lean = lean and lean_step.applies(model)
+        # and its adds, norms, rotary embeddings and cache writes in C where that is exact here
+        self.step_ops = lean_step.step_ops_for(model, dtype) if self.lean and step_kernels else None
 
     # --- admission --------------------------------------------------------------------------
 
@@ -233,12 +236,12 @@ class SlotBatch:
         row_mask[start : self.prompt_end] = True
         started = time.perf_counter()
         positions = torch.arange(self.p_len, self.p_len + len(rest), device=self.device)
-        logits = _logits(
-            self.model,
-            input_ids=torch.tensor([rest], device=self.device),
-            attention_mask=row_mask[: self.prompt_end].long().unsqueeze(0),
-            position_ids=positions.unsqueeze(0),
-            cache=self._row_view(slot, start),
+        logits = self._row_logits(
+            slot,
+            start,
+            torch.tensor([rest], device=self.device),
+            row_mask[: self.prompt_end].long().unsqueeze(0),
+            positions.unsqueeze(0),
         )[0]
         prefill_s = time.perf_counter() - started
         row = _Row(
@@ -280,7 +283,9 @@ class SlotBatch:
         try:
             mask = self.mask[:batch, None, None, :]
             if self.lean:  # the same step's bits, without transformers' glue (lean_step)
-                logits = lean_step.decode_logits(self.model, ids, positions, mask, self.layers)
+                logits = lean_step.decode_logits(
+                    self.model, ids, positions, mask, self.layers, self.step_ops
+                )
             else:
                 logits = _logits(
                     self.model,
@@ -331,6 +336,7 @@ class SlotBatch:
                     self.eos_id,
                     self.rating_suffix,
                     self.score_ids,
+                    row_logits=self._row_logits,
                 )[0]
                 rating_s = time.perf_counter() - started
             outputs.append(
@@ -370,6 +376,37 @@ class SlotBatch:
             layer.key_buffer[target] = layer.key_buffer[source]
             layer.value_buffer[target] = layer.value_buffer[source]
         self.mask[target] = self.mask[source]
+
+    def _row_logits(
+        self,
+        slot: int,
+        start: int,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(1, vocab)`` logits at the last of one row's positions (its prompt, its rating
+        pass) fed after the row's first ``start`` columns, writing their keys and values from
+        there: the compiled lean path where it applies (the same bits), else the model over
+        the row's view of the cache."""
+        if self.step_ops is not None:
+            return lean_step.row_logits(
+                self.model,
+                input_ids,
+                position_ids,
+                attention_mask,
+                self.layers,
+                slot,
+                start,
+                self.step_ops,
+            )
+        return _logits(
+            self.model,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=self._row_view(slot, start),
+        )
 
     def _row_view(self, slot: int, length: int) -> Cache:
         return Cache(layers=[layer.row(slot, length) for layer in self.layers])

@@ -72,10 +72,21 @@ def test_an_article_decodes_the_same_alone_batched_or_joining_mid_way(engine, le
     )
 
 
+def _cache_of(layers, restore: list[torch.Tensor] | None = None) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+    """A copy of the slot cache's keys and values; with ``restore``, the cache is then set
+    back to that earlier copy (so that the model's own forward can write the same step)."""
+    buffers = [b for layer in layers for b in (layer.key_buffer, layer.value_buffer)]
+    copy = [b.clone() for b in buffers]
+    for buffer, old in zip(buffers, restore or [], strict=False):
+        buffer.copy_(old)
+    return copy
+
+
 def test_the_lean_decode_step_gives_the_models_own_bits(engine, lee, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """serving.lean_step runs the engine's decode steps (the default model is plain LLaMA on
-    the engine's attention): at every step of a run with rows joining and leaving, its logits
-    and the keys and values it writes are the model's own forward's, bit for bit."""
+    the engine's attention), with its adds, norms, rotary embeddings and cache writes in C
+    (serving.kernels.step_ops): at every step of a run with rows joining and leaving, its
+    logits and the keys and values it writes are the model's own forward's, bit for bit."""
     from transformers.cache_utils import Cache
 
     from serving import lean_step
@@ -85,13 +96,11 @@ def test_the_lean_decode_step_gives_the_models_own_bits(engine, lee, monkeypatch
     rows = []
     real = lean_step.decode_logits
 
-    def checked(model, ids, positions, mask, layers):  # type: ignore[no-untyped-def]
-        before = [(layer.key_buffer.clone(), layer.value_buffer.clone()) for layer in layers]
-        ours = real(model, ids, positions, mask, layers)
-        written = [(layer.key_buffer.clone(), layer.value_buffer.clone()) for layer in layers]
-        for layer, (keys, values) in zip(layers, before, strict=True):
-            layer.key_buffer.copy_(keys)
-            layer.value_buffer.copy_(values)
+    def checked(model, ids, positions, mask, layers, ops):  # type: ignore[no-untyped-def]
+        assert ops is not None  # the compiled adds, norms, rotary and cache writes (step_ops)
+        before = _cache_of(layers)
+        ours = real(model, ids, positions, mask, layers, ops)
+        written = _cache_of(layers, restore=before)
         theirs = _logits(
             model,
             input_ids=ids,
@@ -100,8 +109,7 @@ def test_the_lean_decode_step_gives_the_models_own_bits(engine, lee, monkeypatch
             cache=Cache(layers=list(layers)),
         )
         assert torch.equal(ours, theirs)
-        for layer, (keys, values) in zip(layers, written, strict=True):
-            assert torch.equal(layer.key_buffer, keys) and torch.equal(layer.value_buffer, values)
+        assert all(map(torch.equal, _cache_of(layers), written))
         rows.append(ids.shape[0])
         return ours
 
@@ -110,6 +118,42 @@ def test_the_lean_decode_step_gives_the_models_own_bits(engine, lee, monkeypatch
     out = _run(engine, prompts, [2, 0, 4, 1, 3], {0: 3, 4: 7, 1: 9}, slots=3)
     assert len(out) == len(lee)
     assert len(rows) >= NEW_TOKENS and {2, 3} <= set(rows), rows  # it ran, alone and full
+
+
+def test_compiled_prompt_and_rating_passes_give_the_models_own_bits(
+    engine, lee, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A row's prefill and rating pass through serving.lean_step.row_logits (the compiled
+    adds, norms, rotary embeddings and cache writes) give, at every call of a run, the logits
+    and the keys and values of the model's own forward over the row's view of the cache."""
+    from transformers.cache_utils import Cache
+
+    from serving import lean_step
+    from serving.decoding import _logits
+
+    calls = []
+    real = lean_step.row_logits
+
+    def checked(model, ids, positions, mask, layers, slot, start, ops):  # type: ignore[no-untyped-def]
+        assert ops is not None
+        before = _cache_of(layers)
+        ours = real(model, ids, positions, mask, layers, slot, start, ops)
+        written = _cache_of(layers, restore=before)
+        view = Cache(layers=[layer.row(slot, start) for layer in layers])
+        theirs = _logits(
+            model, input_ids=ids, attention_mask=mask, position_ids=positions, cache=view
+        )
+        assert torch.equal(ours, theirs)
+        assert all(map(torch.equal, _cache_of(layers), written))
+        calls.append(ids.shape[1])
+        return ours
+
+    monkeypatch.setattr(lean_step, "row_logits", checked)
+    prompts = [build_prompt(engine.tokenizer, a, engine.profile.max_prompt_tokens).ids for a in lee]
+    out = _run(engine, prompts, [2, 0, 4, 1, 3], {0: 3, 4: 7}, slots=3)
+    assert len(out) == len(lee)
+    # every prompt and every rating pass went through it (rating: eos + suffix, ~40 tokens)
+    assert len(calls) == 2 * len(lee), calls
 
 
 def _exact(outcome: Result | ArticleError) -> dict:

@@ -59,6 +59,7 @@ class Decoder:
         self.uses_generate = replaces_modules(profile)
         self.reuse_prefix = profile.cpu.reuse_prefix_cache
         self.lean_step = profile.cpu.lean_decode_step
+        self.step_kernels = profile.cpu.step_kernels
         on_cpu = device.type == "cpu"
         # bf16 weights on CPU: fp32 KV cache, as attention runs in fp32 (serving/attention.py).
         self.cache_dtype = (
@@ -108,6 +109,7 @@ class Decoder:
             score_ids=self.score_ids,
             cache_dtype=self.slot_cache_dtype,
             lean=self.lean_step,
+            step_kernels=self.step_kernels,
         )
 
     def text(self, ids: list[int]) -> str:

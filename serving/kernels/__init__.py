@@ -68,15 +68,16 @@ def _cpu_key() -> str:
     return "|".join(next((x for x in lines if x.startswith(w)), "") for w in wanted)
 
 
-def build(compiler: str, flags: tuple[str, ...] = FLAGS) -> Path:
-    """The shared library built from :data:`SOURCE` with ``flags`` (cached: built once)."""
+def build(compiler: str, flags: tuple[str, ...] = FLAGS, source: Path = SOURCE) -> Path:
+    """The shared library built from ``source`` (:data:`SOURCE`, or another of this package's
+    C files) with ``flags`` (cached: built once)."""
     version = subprocess.run(
         [compiler, "--version"], capture_output=True, text=True, check=True
     ).stdout
     digest = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), compiler, version, " ".join(flags), _cpu_key()]).encode()
+        "\0".join([source.read_text(), compiler, version, " ".join(flags), _cpu_key()]).encode()
     ).hexdigest()[:16]
-    target = _cache_dir() / f"attention-{digest}.so"
+    target = _cache_dir() / f"{source.stem}-{digest}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,7 @@ def build(compiler: str, flags: tuple[str, ...] = FLAGS) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
         subprocess.run(
-            [compiler, *flags, "-o", str(built), str(SOURCE)],
+            [compiler, *flags, "-o", str(built), str(source)],
             capture_output=True,
             text=True,
             check=True,
