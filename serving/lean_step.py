@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers.models.llama import modeling_llama
 
-from serving import attention, kernels
+from serving import attention, kernels, packed_linear
 from serving.kernels import step_ops
 
 # the engine's attention functions by the name the model is switched to (serving.attention)
@@ -103,6 +103,9 @@ def step_ops_for(model: torch.nn.Module, cache_dtype: torch.dtype) -> step_ops.S
         return None
     if not step_ops.handles(model, cache_dtype) or kernels.load() is None:
         return None
+    # the compiled forward computes the MLP itself (LlamaMLP.forward's arithmetic)
+    if any(type(layer.mlp) is not modeling_llama.LlamaMLP for layer in model.model.layers):
+        return None
     return step_ops.load()
 
 
@@ -159,6 +162,13 @@ def row_logits(
     return _compiled_forward(model, input_ids, position_ids, layers, ops, columns, slot, attend)
 
 
+def _projections(modules: tuple[torch.nn.Module, ...], x: torch.Tensor) -> list[torch.Tensor]:
+    """Each module on ``x``: one matmul where they are a packed sibling group
+    (:func:`serving.packed_linear.sibling_outputs`), else their own calls (PEFT's LoRA layers)."""
+    outputs = packed_linear.sibling_outputs(modules, x)
+    return outputs if outputs is not None else [module(x) for module in modules]
+
+
 def _attention(kernel, attn, query, keys, values, mask) -> torch.Tensor:  # type: ignore[no-untyped-def]
     """fp32 attention by the engine's ``kernel``, or PyTorch's where the kernel does not take
     the shapes (the same contract: :mod:`serving.attention`)."""
@@ -194,9 +204,7 @@ def _compiled_forward(
         attn = decoder.self_attn
         hidden, normed = ops.add_rmsnorm(hidden, delta, decoder.input_layernorm)
         query = ops.rope_store(
-            attn.q_proj(normed),
-            attn.k_proj(normed),
-            attn.v_proj(normed),
+            *_projections((attn.q_proj, attn.k_proj, attn.v_proj), normed),
             cos,
             sin,
             cache_layer.key_buffer,
@@ -208,6 +216,8 @@ def _compiled_forward(
         out = attend(attn, query, cache_layer)
         delta = attn.o_proj(out.to(hidden.dtype).reshape(rows, length, -1))
         hidden, normed = ops.add_rmsnorm(hidden, delta, decoder.post_attention_layernorm)
-        delta = decoder.mlp(normed)
+        mlp = decoder.mlp
+        gate, up = _projections((mlp.gate_proj, mlp.up_proj), normed)
+        delta = mlp.down_proj(mlp.act_fn(gate) * up)  # LlamaMLP.forward's arithmetic
     _, hidden = ops.add_rmsnorm(hidden, delta, inner.norm)
     return model.lm_head(hidden[:, -1:, :])[:, -1, :]
