@@ -34,7 +34,8 @@ SOURCE = Path(__file__).with_name("step_ops.c")
 # PyTorch rounds every product and sum on its own: no fused multiply-adds in this build
 FLAGS = (*kernels.FLAGS, "-ffp-contract=off")
 MAX_HIDDEN = 8192  # step_ops.c's row buffers
-# vector widths (fp32 lanes) PyTorch's CPU kernels use: AVX-512, AVX2 / default, NEON
+# fp32 vector widths PyTorch's sums may use: 16 (AVX-512 kernels), 8 (AVX2 and default; also
+# what PyTorch 2.13's sum used on the AVX-512 Zen 4 of 2026-12-01), 4 (NEON)
 _WIDTHS = (16, 8, 4)
 DTYPES = (torch.bfloat16, torch.float32)
 
