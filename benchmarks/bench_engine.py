@@ -247,7 +247,10 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "unpacked+pytorch-attention": ({"packed_weights": False, "attention_kernels": False}, {}),
     "no-lean-step": ({"lean_decode_step": False}, {}),  # decode steps through model.forward
     "no-step-kernels": ({"step_kernels": False}, {}),  # lean steps on PyTorch's small ops
-    "fp32": ({}, {"dtype": "float32"}),
+    # an fp32 engine's weights as loaded, read as fp32 in decode steps (no fp16 rounding)
+    "no-fp16-weights": ({"fp16_weights": False}, {}),
+    "fp32": ({"fp16_weights": False}, {"dtype": "float32"}),  # the reference: fp32 throughout
+    "fp32+fp16-weights": ({}, {"dtype": "float32"}),  # what dtype auto runs without native bf16
     "no-prefix-cache": ({"reuse_prefix_cache": False}, {}),
     "prompt-320": ({}, {"max_prompt_tokens": 320}),
     "prompt-256": ({}, {"max_prompt_tokens": 256}),

@@ -136,8 +136,17 @@ def main() -> None:
         ]
         if importances:
             print(f"| importance, mean abs difference | {statistics.fmean(importances):.4f} |")
+
+        # which each side served: the model's summary (it passed the verifier) or the
+        # extractive fallback (it did not), so that a reader can judge what changed
+        def method(row: tuple) -> str:  # type: ignore[type-arg]
+            return "model" if row[2] else "extractive"
+
         for i in changed[: args.show]:
-            print(f"\n- {names[0]}: {a[i][0]}\n- {names[1]}: {b[i][0]}")
+            print(
+                f"\n- {names[0]} ({method(a[i])}): {a[i][0]}"
+                f"\n- {names[1]} ({method(b[i])}): {b[i][0]}"
+            )
 
 
 if __name__ == "__main__":

@@ -417,6 +417,45 @@ def _rate(
     return torch.cat(probs).cpu()
 
 
+@dataclass(frozen=True)
+class RatingPass:
+    """What one row's rating pass feeds (:func:`rating_pass`)."""
+
+    kept: int  # the row's cache columns it keeps: its prompt and its summary but the last token
+    input_ids: torch.Tensor  # (1, L): [last token, eos] + rating suffix
+    mask: torch.Tensor  # (1, kept + L): the row's 2D attention mask, the fed tokens set
+    positions: torch.Tensor  # (1, L)
+
+
+def rating_pass(
+    mask: torch.Tensor,
+    seq: list[int],
+    prompt_end: int,
+    eos_id: int,
+    rating_suffix: Sequence[int],
+) -> RatingPass:
+    """A row's rating pass (``mask``: the row's ``(1, L)`` attention mask, ``seq``: its
+    generated tokens). The row keeps the keys of its prompt and of its summary but the last
+    token, then is fed ``[last token, eos] + rating_suffix``: the same slots and the same chunk
+    whether the row ran alone or beside rows that decoded longer (batch invariance)."""
+    device = mask.device
+    body = seq[:-1] if seq and seq[-1] == eos_id else seq
+    kept = prompt_end + max(len(body) - 1, 0)
+    ids = [*body[-1:], eos_id, *rating_suffix]
+    row_mask = torch.cat(
+        [mask[:, :kept], torch.ones((1, len(ids)), dtype=mask.dtype, device=device)], dim=1
+    )
+    start = int(mask[0, :kept].sum())
+    positions = torch.arange(start, start + len(ids), device=device).unsqueeze(0)
+    return RatingPass(kept, torch.tensor([ids], device=device), row_mask, positions)
+
+
+def rating_probs(logits: torch.Tensor, score_ids: Sequence[int]) -> torch.Tensor:
+    """A rating pass's ``(R, vocab)`` logits -> ``(R, len(score_ids))`` probabilities of the
+    score tokens, on the CPU."""
+    return torch.softmax(logits[:, list(score_ids)].float(), dim=-1).cpu()
+
+
 def rate_row(
     model: torch.nn.Module,
     row_view: Callable[[int, int], Cache],
@@ -427,34 +466,15 @@ def rate_row(
     eos_id: int,
     rating_suffix: Sequence[int],
     score_ids: Sequence[int],
-    row_logits: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """One row's rating pass on the row's own slice of the cache (``row_view(row, length)``;
-    ``mask``: the row's ``(1, L)`` attention mask), ``(1, len(score_ids))`` on the CPU.
-    ``row_logits(row, length, input_ids, attention_mask, position_ids)``: another way to the
-    same logits (the slot batch's compiled path), instead of the model over ``row_view``.
-
-    The row keeps the keys of its prompt and of its summary but the last token, then is fed
-    ``[last token, eos] + rating_suffix``: the same slots and the same chunk whether the row
-    ran alone or beside rows that decoded longer (batch invariance)."""
-    device = mask.device
-    body = seq[:-1] if seq and seq[-1] == eos_id else seq
-    kept = prompt_end + max(len(body) - 1, 0)
-    ids = [*body[-1:], eos_id, *rating_suffix]
-    row_mask = torch.cat(
-        [mask[:, :kept], torch.ones((1, len(ids)), dtype=mask.dtype, device=device)], dim=1
+    """One row's rating pass (:func:`rating_pass`) on the row's own slice of the cache
+    (``row_view(row, length)``), ``(1, len(score_ids))`` on the CPU."""
+    rated = rating_pass(mask, seq, prompt_end, eos_id, rating_suffix)
+    logits = _logits(
+        model,
+        input_ids=rated.input_ids,
+        attention_mask=rated.mask,
+        position_ids=rated.positions,
+        cache=row_view(row, rated.kept),
     )
-    start = int(mask[0, :kept].sum())
-    input_ids = torch.tensor([ids], device=device)
-    positions = torch.arange(start, start + len(ids), device=device).unsqueeze(0)
-    if row_logits is not None:
-        logits = row_logits(row, kept, input_ids, row_mask, positions)
-    else:
-        logits = _logits(
-            model,
-            input_ids=input_ids,
-            attention_mask=row_mask,
-            position_ids=positions,
-            cache=row_view(row, kept),
-        )
-    return torch.softmax(logits[:, list(score_ids)].float(), dim=-1).cpu()
+    return rating_probs(logits, score_ids)

@@ -127,7 +127,13 @@ def _decode_logits_compiled(
         return _attention(kernels.decode_attention, attn, query, keys, values, attention_mask)
 
     columns = layers[0].step_positions
-    return _compiled_forward(model, input_ids, position_ids, layers, ops, columns, None, attend)
+
+    def store(query, key, value, cos, sin, cache_layer, head_dim):  # type: ignore[no-untyped-def]
+        caches = cache_layer.key_buffer, cache_layer.value_buffer
+        return ops.rope_store(query, key, value, cos, sin, *caches, columns, head_dim)
+
+    hidden = _compiled_forward(model, input_ids, position_ids, layers, ops, store, attend)
+    return model.lm_head(hidden[:, -1:, :])[:, -1, :]
 
 
 @torch.inference_mode()
@@ -149,17 +155,77 @@ def row_logits(
     ``position_ids`` ``(1, L)``; ``attention_mask`` the row's ``(1, start + L)`` 2D mask.
     The attention mask is transformers' for that input: a query at column ``start + i`` sees the
     columns up to its own that the row's mask sets."""
-    end = start + input_ids.shape[1]
-    columns = torch.arange(start, end)
-    causal = torch.arange(end)[None, :] <= columns[:, None]
-    mask = (causal & attention_mask[0, :end].bool()[None, :])[None, None]
+    return rows_logits(
+        model, input_ids, position_ids, [attention_mask], layers, [slot], [start], ops
+    )
+
+
+@torch.inference_mode()
+def rows_logits(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_masks: Sequence[torch.Tensor],
+    layers: Sequence,
+    slots: Sequence[int],
+    starts: Sequence[int],
+    ops: step_ops.StepOps,
+) -> torch.Tensor:
+    """:func:`row_logits` of several rows at once, each as if alone: ``(R, vocab)``, row ``i``
+    fed ``input_ids[i]`` at ``position_ids[i]`` (``(R, L)``, the same ``L`` for all: rating
+    passes) after the first ``starts[i]`` columns of slot ``slots[i]``, under its
+    ``(1, starts[i] + L)`` mask ``attention_masks[i]``.
+
+    The rows share each matmul (one weight read for all of them instead of one each), and
+    nothing else: norms, SiLU and adds are computed per row; the rotary embeddings, cache
+    writes and attention are one call per row on its own slot; the output layer runs on each
+    row's last position alone, as for one row. oneDNN's matmul gives a row the same bits in a
+    block of any number of rows (tested for every projection shape, tests/test_engine_cpu_
+    kernels.py), so each row's logits and cache writes are the bits it gets alone."""
+    rows, length = input_ids.shape
+    ends = [start + length for start in starts]
+    masks = []
+    for start, end, row_mask in zip(starts, ends, attention_masks, strict=True):
+        columns = torch.arange(start, end)
+        causal = torch.arange(end)[None, :] <= columns[:, None]
+        masks.append((causal & row_mask[0, :end].bool()[None, :])[None, None])
+
+    def store(query, key, value, cos, sin, cache_layer, head_dim):  # type: ignore[no-untyped-def]
+        return _joined(
+            [
+                ops.rope_store(
+                    query[i : i + 1],
+                    key[i : i + 1],
+                    value[i : i + 1],
+                    cos[i : i + 1],
+                    sin[i : i + 1],
+                    cache_layer.key_buffer,
+                    cache_layer.value_buffer,
+                    torch.arange(starts[i], ends[i]),
+                    head_dim,
+                    slots[i],
+                )
+                for i in range(rows)
+            ]
+        )
 
     def attend(attn, query, cache_layer):  # type: ignore[no-untyped-def]
-        keys = cache_layer.key_buffer[slot : slot + 1, :, :end]
-        values = cache_layer.value_buffer[slot : slot + 1, :, :end]
-        return _attention(kernels.prefill_attention, attn, query, keys, values, mask)
+        outs = []
+        for i, (slot, end) in enumerate(zip(slots, ends, strict=True)):
+            keys = cache_layer.key_buffer[slot : slot + 1, :, :end]
+            values = cache_layer.value_buffer[slot : slot + 1, :, :end]
+            outs.append(
+                _attention(
+                    kernels.prefill_attention, attn, query[i : i + 1], keys, values, masks[i]
+                ).reshape(1, length, -1)
+            )
+        return _joined(outs)
 
-    return _compiled_forward(model, input_ids, position_ids, layers, ops, columns, slot, attend)
+    hidden = _compiled_forward(model, input_ids, position_ids, layers, ops, store, attend)
+    # each row's last position alone: oneDNN's one-row matmul may round otherwise than its
+    # many-row one (the bf16 output layer does on an AVX-512 Xeon), and a row's logits must
+    # not depend on how many rows were rated beside it
+    return torch.cat([model.lm_head(hidden[i : i + 1, -1:, :])[:, -1, :] for i in range(rows)])
 
 
 def _projections(modules: tuple[torch.nn.Module, ...], x: torch.Tensor) -> list[torch.Tensor]:
@@ -184,17 +250,18 @@ def _compiled_forward(
     position_ids: torch.Tensor,
     layers: Sequence,
     ops: step_ops.StepOps,
-    columns: torch.Tensor,
-    slot: int | None,
+    store: Callable,
     attend: Callable,
 ) -> torch.Tensor:
     """The model's forward over the slot cache with its adds, norms, rotary embeddings and
     cache writes in C (``ops``): the same values in the same order as transformers' LLaMA.
-    The new keys and values go to ``columns`` (of each row's slot, or all of ``slot``'s);
+    ``store(query, key, value, cos, sin, cache_layer, head_dim)`` writes the new keys and
+    values (:meth:`~serving.kernels.step_ops.StepOps.rope_store`) and gives the fp32 queries;
     ``attend(attention_module, fp32_queries, cache_layer)`` gives the fp32 attention output.
     The residual stream is carried as ``hidden`` plus the ``delta`` a block adds, so that
     each norm takes its add with it (the next layer's, or the final norm, takes the MLP's).
-    Logits of the last position."""
+    The final norm's output, ``(rows, positions, hidden)``: the caller chooses the positions
+    the output layer runs on."""
     inner = model.model
     hidden = inner.embed_tokens(input_ids)
     cos, sin = inner.rotary_emb(hidden, position_ids=position_ids)
@@ -203,15 +270,12 @@ def _compiled_forward(
     for decoder, cache_layer in zip(inner.layers, layers, strict=True):
         attn = decoder.self_attn
         hidden, normed = ops.add_rmsnorm(hidden, delta, decoder.input_layernorm)
-        query = ops.rope_store(
+        query = store(
             *_projections((attn.q_proj, attn.k_proj, attn.v_proj), normed),
             cos,
             sin,
-            cache_layer.key_buffer,
-            cache_layer.value_buffer,
-            columns,
+            cache_layer,
             attn.head_dim,
-            slot,
         )
         out = attend(attn, query, cache_layer)
         delta = attn.o_proj(out.to(hidden.dtype).reshape(rows, length, -1))
@@ -220,4 +284,9 @@ def _compiled_forward(
         gate, up = _projections((mlp.gate_proj, mlp.up_proj), normed)
         delta = mlp.down_proj(mlp.act_fn(gate) * up)  # LlamaMLP.forward's arithmetic
     _, hidden = ops.add_rmsnorm(hidden, delta, inner.norm)
-    return model.lm_head(hidden[:, -1:, :])[:, -1, :]
+    return hidden
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Rows' tensors as one batch (one row's as it is: a prompt's is not copied)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -36,6 +36,12 @@ bits (tested). A single row can take oneDNN's one-row path (the down projection'
 at one row on an AMX Xeon), as with bf16: a lone row steps beside an idle one. Its distance
 from the unpacked engine is measured like any change of rounding (docs/engine.md).
 
+An fp32 model's weights rounded to fp16 values (``cpu.fp16_weights``, :func:`round_to_fp16`)
+also get fp16 panels (:mod:`serving.kernels.fp16_weights`): inside a decode step
+(:func:`decode_rows`) their matmuls read those, half the bytes, each output a fixed chain of
+sums whatever the row count; prompts and rating passes keep oneDNN's fp32 matmuls on the same
+values. +270 MB for SmolLM2-135M.
+
 The cost is memory: the plain weights stay (PEFT merges into them, the tied output layer is
 the embedding table, training reads them), so a replica holds the Linear weights twice (+270
 MB for SmolLM2-135M in bf16, +540 MB in fp32). ``cpu.packed_weights: false`` in a profile
@@ -44,12 +50,17 @@ turns it off.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import itertools
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from serving.kernels import fp16_weights
 
 # the rows oneDNN is told to expect; any row count runs on the same layout (measured: 2-16
 # decode rows and 500-row prefills within noise of layouts made for them)
@@ -82,14 +93,49 @@ def _matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) ->
     return torch.ops.mkldnn._linear_pointwise(flat, packed, bias, "none", [], "")
 
 
+# Set while a decode step runs (decode_rows): fp32 weights that also have fp16 panels are read
+# from those in it, at every row count alike, so a row's bits never depend on its company.
+_DECODE_ROWS = contextvars.ContextVar("newsdesk_decode_rows", default=False)
+
+
+@contextlib.contextmanager
+def decode_rows() -> Iterator[None]:
+    """The matmuls run in this context are a decode step's: weights packed with fp16 panels
+    (:func:`pack_linears` with ``fp16_panels``) run on them (:mod:`serving.kernels.fp16_weights`:
+    half the bytes read); prompts and rating passes, outside it, run oneDNN's fp32 matmul on
+    the same values."""
+    token = _DECODE_ROWS.set(True)
+    try:
+        yield
+    finally:
+        _DECODE_ROWS.reset(token)
+
+
+def _product(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    panels: fp16_weights.Panels | None,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    if panels is not None and _DECODE_ROWS.get():
+        kernel = fp16_weights.load()
+        assert kernel is not None  # panels are made only where it loads
+        return kernel.matmul(x, panels, bias)
+    return _matmul(x, packed, bias)
+
+
 class _Siblings:
     """Linears that a block calls one after another on the same input (q, k, v), packed as one
     matrix: the first member called on an input runs the matmul for all, and each member
     takes its columns once; a member called on another input (or twice) runs it again."""
 
-    def __init__(self, members: list[PackedLinear]) -> None:
+    def __init__(
+        self, members: list[PackedLinear], kernel: fp16_weights.Fp16Weights | None
+    ) -> None:
         self.members = members
-        self.packed = _pack(torch.cat([m.weight for m in members]))
+        weight = torch.cat([m.weight for m in members])
+        self.packed = _pack(weight)
+        self.panels = kernel.pack(weight) if kernel is not None else None
         biases = [m.bias for m in members]
         self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])  # type: ignore[union-attr]
         edges = [0]
@@ -102,7 +148,7 @@ class _Siblings:
 
     def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
         if self._input is not x or index not in self._pending:
-            self._output = _matmul(x, self.packed, self.bias)
+            self._output = _product(x, self.packed, self.panels, self.bias)
             self._input = x
             self._pending = set(range(len(self.members)))
         start, end = self.columns[index]
@@ -118,10 +164,13 @@ class PackedLinear(nn.Linear):
     as a member of :class:`_Siblings`)."""
 
     _packed: torch.Tensor | None = None
+    _panels: fp16_weights.Panels | None = None
     _siblings: tuple[_Siblings, int] | None = None
 
-    def pack(self) -> None:
+    def pack(self, kernel: fp16_weights.Fp16Weights | None = None) -> None:
+        """oneDNN's layout, and with ``kernel`` fp16 panels for decode steps as well."""
         self._packed = _pack(self.weight)
+        self._panels = kernel.pack(self.weight) if kernel is not None else None
         self._siblings = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,7 +184,7 @@ class PackedLinear(nn.Linear):
         if siblings is not None:
             out = siblings[0].output(siblings[1], x)
         else:
-            out = _matmul(x, packed, self.bias)  # type: ignore[arg-type]
+            out = _product(x, packed, self._panels, self.bias)  # type: ignore[arg-type]
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -157,14 +206,17 @@ def sibling_outputs(modules: tuple[nn.Module, ...], x: torch.Tensor) -> list[tor
         or torch.is_grad_enabled()
     ):
         return None
-    out = _matmul(x, group.packed, group.bias)
+    out = _product(x, group.packed, group.panels, group.bias)
     return [out[:, a:b].reshape(*x.shape[:-1], b - a) for a, b in group.columns]
 
 
-def pack_linears(model: nn.Module) -> int:
+def pack_linears(model: nn.Module, fp16_panels: bool = False) -> int:
     """Pack every bf16 or fp32 CPU Linear of ``model`` in place (LoRA's own small layers excepted:
     they stay plain); returns how many. Packs again the ones packed before (weights may have
-    changed: a merged adapter)."""
+    changed: a merged adapter). ``fp16_panels``: fp32 weights that hold fp16 values
+    (:func:`round_to_fp16`'s) also get fp16 panels for decode steps (:func:`decode_rows`), where
+    the kernel builds here: prompts and steps read the same values."""
+    kernel = fp16_weights.load() if fp16_panels else None
     count = 0
     for name, module in model.named_modules():
         if type(module) not in (nn.Linear, PackedLinear) or "lora_" in name:
@@ -173,17 +225,61 @@ def pack_linears(model: nn.Module) -> int:
         if not _packable(weight.dtype) or weight.device.type != "cpu":
             continue
         module.__class__ = PackedLinear
-        module.pack()  # type: ignore[attr-defined]
+        panels = kernel is not None and _holds_fp16(weight)
+        module.pack(kernel if panels else None)  # type: ignore[attr-defined]
         count += 1
-    _fuse_siblings(model)
+    _fuse_siblings(model, kernel)
     return count
+
+
+def steps_read_panels(model: nn.Module) -> bool:
+    """Every Linear of ``model`` runs a decode step's matmul on fp16 panels (its own or its
+    sibling group's): each output row is then its own fixed chain of sums at one row as at
+    many, so a lone row needs no idle neighbour (serving.slot_decoding). False with a LoRA
+    layer (PEFT's own Linears run ``F.linear``) or any Linear without panels."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return bool(linears) and all(
+        type(m) is PackedLinear
+        and (
+            m._panels is not None or (m._siblings is not None and m._siblings[0].panels is not None)
+        )
+        for m in linears
+    )
+
+
+@torch.no_grad()
+def round_to_fp16(model: nn.Module) -> int:
+    """Round every fp32 Linear weight of ``model`` (LoRA's own layers excepted; the output
+    layer's, and so a tied embedding table's) to the nearest fp16 value, in place: the values
+    decode steps then read as fp16 (:func:`pack_linears` with ``fp16_panels``) and prompts as
+    fp32, both exact. A weight with a value beyond fp16's range (65504) is left as it is, and
+    gets no panels. Idempotent; returns how many were rounded."""
+    count = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or "lora_" in name:
+            continue
+        weight = module.weight
+        if weight.dtype == torch.float32 and weight.device.type == "cpu" and _fits_fp16(weight):
+            weight.copy_(weight.to(torch.float16))
+            count += 1
+    return count
+
+
+def _fits_fp16(weight: torch.Tensor) -> bool:
+    return bool(weight.abs().max() <= torch.finfo(torch.float16).max)
+
+
+def _holds_fp16(weight: torch.Tensor) -> bool:
+    """An fp32 weight whose every value is an fp16 value (:func:`round_to_fp16`'s): its fp16
+    panels hold the very values prompts read."""
+    return weight.dtype == torch.float32 and torch.equal(weight, weight.to(torch.float16).float())
 
 
 # a block's projections of one input, by attribute name (LLaMA-style models)
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
-def _fuse_siblings(model: nn.Module) -> int:
+def _fuse_siblings(model: nn.Module, kernel: fp16_weights.Fp16Weights | None = None) -> int:
     """Pack each block's :data:`SIBLINGS` as one matrix (their own packed copies dropped);
     returns how many groups."""
     groups = 0
@@ -198,9 +294,10 @@ def _fuse_siblings(model: nn.Module) -> int:
                 continue
             if len({m.bias is None for m in members}) != 1:
                 continue
-            group = _Siblings(members)  # type: ignore[arg-type]
+            halves = kernel is not None and all(_holds_fp16(m.weight) for m in members)  # type: ignore[union-attr]
+            group = _Siblings(members, kernel if halves else None)  # type: ignore[arg-type]
             for index, member in enumerate(members):
-                member._packed = None  # type: ignore[union-attr]
+                member._packed = member._panels = None  # type: ignore[union-attr]
                 member._siblings = (group, index)  # type: ignore[union-attr]
             groups += 1
     return groups

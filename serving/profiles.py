@@ -136,6 +136,14 @@ class CpuOptions(BaseModel):
         "adds, RMSNorms, rotary embeddings and cache writes in C (serving/kernels/step_ops.c), "
         "checked at load to give PyTorch's bits on this CPU (else PyTorch's ops): exact.",
     )
+    fp16_weights: bool = Field(
+        default=True,
+        description="Where the model runs in fp32 on a CPU (no native bf16 matmuls): its "
+        "Linear weights rounded to fp16 at load (as OpenVINO's fp16 weights), and with "
+        "packed_weights decode steps read them as fp16 in a C kernel, in fp32 arithmetic "
+        "(serving/kernels/fp16_weights.c: half the bytes; batch-invariant). Other bits than "
+        "fp32 weights: part of the model id (+fp16w).",
+    )
     int8_decode: bool = Field(
         default=False, description="Weight-only int8 Linear layers in decode steps."
     )

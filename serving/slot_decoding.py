@@ -19,11 +19,15 @@ leaving need:
   (a 4D mask, so transformers builds none): the number of columns, and so the blocking of the
   softmax and of the matmul over them, is the same at every step in any company (a length
   that grows with the batch's progress would give a row other bits depending on when it came);
-- prefill and the rating pass run one row at a time on the row's own slice of the cache
-  (:mod:`serving.decoding`'s arithmetic), and a row's slot is zeroed before it is reused;
+- prefill runs one row at a time on the row's own slot of the cache (:mod:`serving.decoding`'s
+  arithmetic), and a row's slot is zeroed before it is reused; the rating passes of rows that
+  end at one step share their matmuls, each row's bits its own (:func:`serving.lean_step.
+  rows_logits`);
 - active rows are rows ``[0, n)``: a row that ends is replaced by the last active one (its keys,
   values and state moved), so a step is one contiguous batch; a lone row steps beside an idle
-  row (bf16 gemm vs the gemv of a one-row matmul, see :mod:`serving.decoding`).
+  row (bf16 gemm vs the gemv of a one-row matmul, see :mod:`serving.decoding`), except where
+  every matmul of a step reads fp16 panels (:func:`serving.packed_linear.steps_read_panels`),
+  whose sums do not depend on the row count.
 """
 
 from __future__ import annotations
@@ -36,8 +40,15 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache
 
-from serving import lean_step
-from serving.decoding import DecodeOutput, PreallocatedLayer, PrefixCache, _logits, rate_row
+from serving import lean_step, packed_linear
+from serving.decoding import (
+    DecodeOutput,
+    PreallocatedLayer,
+    PrefixCache,
+    _logits,
+    rating_pass,
+    rating_probs,
+)
 
 
 class SlotLayer(PreallocatedLayer):
@@ -199,6 +210,9 @@ class SlotBatch:
         self.lean = lean and lean_step.applies(model)
         # and its adds, norms, rotary embeddings and cache writes in C where that is exact here
         self.step_ops = lean_step.step_ops_for(model, dtype) if self.lean and step_kernels else None
+        # a lone row steps beside an idle one for oneDNN's sake (its one-row matmul rounds
+        # otherwise); where every matmul of a step reads fp16 panels, it steps alone
+        self.lone_row_alone = packed_linear.steps_read_panels(model)
 
     # --- admission --------------------------------------------------------------------------
 
@@ -265,7 +279,8 @@ class SlotBatch:
         n = len(self.rows)
         if n == 0:
             return []
-        batch = max(n, 2)  # a lone row beside an idle one (slot n is free and zeroed)
+        # a lone row beside an idle one (slot n is free and zeroed), unless it needs none
+        batch = n if self.lone_row_alone else max(n, 2)
         ids = torch.full((batch, 1), self.pad_id, dtype=torch.long, device=self.device)
         positions = torch.zeros((batch, 1), dtype=torch.long, device=self.device)
         columns = torch.zeros(batch, dtype=torch.long, device=self.device)
@@ -282,18 +297,20 @@ class SlotBatch:
             layer.step_positions = columns
         try:
             mask = self.mask[:batch, None, None, :]
-            if self.lean:  # the same step's bits, without transformers' glue (lean_step)
-                logits = lean_step.decode_logits(
-                    self.model, ids, positions, mask, self.layers, self.step_ops
-                )
-            else:
-                logits = _logits(
-                    self.model,
-                    input_ids=ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    cache=self.cache,
-                )
+            # fp32 weights rounded to bf16 are read as bf16 in a step (packed_linear.decode_rows)
+            with packed_linear.decode_rows():
+                if self.lean:  # the same step's bits, without transformers' glue (lean_step)
+                    logits = lean_step.decode_logits(
+                        self.model, ids, positions, mask, self.layers, self.step_ops
+                    )
+                else:
+                    logits = _logits(
+                        self.model,
+                        input_ids=ids,
+                        attention_mask=mask,
+                        position_ids=positions,
+                        cache=self.cache,
+                    )
         finally:
             for layer in self.layers:
                 layer.step_positions = None
@@ -319,33 +336,23 @@ class SlotBatch:
 
     def _finish(self, ended: list[int]) -> list[RowOutput]:
         """Rate the ended rows, free their slots (the last active rows move into them)."""
+        ended_at = time.perf_counter()
+        ratings, rating_s = {}, 0.0
+        if self.rating_suffix is not None and self.score_ids is not None:
+            started = time.perf_counter()
+            ratings = self._rate(ended)
+            # rows rated together share the time: each gets its part
+            rating_s = (time.perf_counter() - started) / len(ended)
         outputs = []
         for slot in ended:
             row = self.rows[slot]
-            decode_s = time.perf_counter() - row.started
-            probs, rating_s = None, 0.0
-            if self.rating_suffix is not None and self.score_ids is not None:
-                started = time.perf_counter()
-                probs = rate_row(
-                    self.model,
-                    self._row_view,
-                    slot,
-                    self.mask[slot : slot + 1].long(),
-                    row.tokens,
-                    self.prompt_end,
-                    self.eos_id,
-                    self.rating_suffix,
-                    self.score_ids,
-                    row_logits=self._row_logits,
-                )[0]
-                rating_s = time.perf_counter() - started
             outputs.append(
                 RowOutput(
                     tag=row.request.tag,
                     tokens=list(row.tokens),
-                    rating_probs=probs,
+                    rating_probs=ratings.get(slot),
                     prefill_s=row.prefill_s,
-                    decode_s=decode_s,
+                    decode_s=ended_at - row.started,
                     rating_s=rating_s,
                     steps=len(row.tokens),
                 )
@@ -357,6 +364,54 @@ class SlotBatch:
                 self.rows[slot] = self.rows[last]
             self.rows.pop()
         return outputs
+
+    def _rate(self, ended: list[int]) -> dict[int, torch.Tensor]:
+        """Each ended row's rating, ``(len(score_ids),)`` by slot. On the compiled path the
+        rows whose passes have the same length (all but a row with an empty summary) run as
+        one batch of matmuls (:func:`serving.lean_step.rows_logits`: the bits each gets
+        alone): at 8 rows ending together, one read of the weights instead of eight."""
+        assert self.rating_suffix is not None and self.score_ids is not None
+        passes = {
+            slot: rating_pass(
+                self.mask[slot : slot + 1].long(),
+                self.rows[slot].tokens,
+                self.prompt_end,
+                self.eos_id,
+                self.rating_suffix,
+            )
+            for slot in ended
+        }
+        if self.step_ops is None:
+            return {
+                slot: rating_probs(
+                    _logits(
+                        self.model,
+                        input_ids=rated.input_ids,
+                        attention_mask=rated.mask,
+                        position_ids=rated.positions,
+                        cache=self._row_view(slot, rated.kept),
+                    ),
+                    self.score_ids,
+                )[0]
+                for slot, rated in passes.items()
+            }
+        groups: dict[int, list[int]] = {}
+        for slot, rated in passes.items():
+            groups.setdefault(rated.input_ids.shape[1], []).append(slot)
+        ratings = {}
+        for slots in groups.values():
+            logits = lean_step.rows_logits(
+                self.model,
+                torch.cat([passes[slot].input_ids for slot in slots]),
+                torch.cat([passes[slot].positions for slot in slots]),
+                [passes[slot].mask for slot in slots],
+                self.layers,
+                slots,
+                [passes[slot].kept for slot in slots],
+                self.step_ops,
+            )
+            ratings.update(zip(slots, rating_probs(logits, self.score_ids), strict=True))
+        return ratings
 
     # --- slots ------------------------------------------------------------------------------
 

@@ -286,9 +286,14 @@ def test_cpu_node_lost_poller_comes_back_and_nothing_twice(multinode: Multinode)
 
     wait_for(polling_on_a2, 600, "the poller polls on A2", every_s=1)
     m.figures["cpu_kill"]["poller_back_s"] = round(time.monotonic() - killed_at, 1)
-    placed = m.placement()
-    for light in LIGHT:
-        assert set(placed[light]) == {new_a}, (light, placed)
+    # the light deployments come back on A2 too; one may still be starting when the poller
+    # polls again (seen: StoryAssigner with no replica yet, 2026-12-01)
+    wait_for(
+        lambda: all(set(m.placement()[light]) == {new_a} for light in LIGHT),
+        300,
+        "light deployments on A2",
+        every_s=2,
+    )
     m.serve_feed([feed_item(i, f"after-a-{i}") for i in range(2)])
     wait_for(lambda: sql(m, "SELECT count(*) FROM articles") == before + 2, 120, "new items stored")
     time.sleep(12)  # past the feed's interval: one more poll of everything

@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 
 from serving import prompt, verifier
+from serving.engine import loading
 from serving.profiles import ModelProfile
 from serving.settings import ServingSettings
 from serving.versions import Versions
@@ -26,6 +27,8 @@ def model_id(profile: ModelProfile, settings: ServingSettings, model_dir: Path) 
     variant = (
         "+int8dec" if profile.cpu.int8_decode else ("+dynint8" if profile.cpu.dynamic_int8 else "")
     )
+    if loading.rounds_to_fp16(profile, loading.resolve_device(profile)):
+        variant += "+fp16w"  # fp32 arithmetic on weights rounded to fp16
     # The dtype changes the summaries (README "Engine"): part of the id, so caches keyed
     # by it never mix fp32 and bf16 results. fp32 (the converted weights) is implied.
     dtype = "" if profile.dtype == "float32" else f"@{profile.dtype}"

@@ -59,6 +59,19 @@ def changes_weights(profile: ModelProfile) -> bool:
     return replaces_modules(profile) or profile.cpu.int8_decode or profile.cpu.dynamic_int8
 
 
+def rounds_to_fp16(profile: ModelProfile, device: torch.device) -> bool:
+    """:func:`finish` rounds the Linear weights of this (resolved) profile's fp32 model to
+    fp16 values on ``device`` (``cpu.fp16_weights``)."""
+    options = profile.cpu
+    return (
+        options.fp16_weights
+        and not (options.int8_decode or options.dynamic_int8)
+        and profile.dtype == "float32"
+        and device.type == "cpu"
+        and not replaces_modules(profile)
+    )
+
+
 def load_tokenizer(model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
@@ -109,9 +122,12 @@ def finish(
     _apply_cpu_options(model, profile, device)
     if device.type == "cpu" and not replaces_modules(profile):
         use_engine_attention(model, use_kernels=profile.cpu.attention_kernels)
+        rounded = rounds_to_fp16(profile, device)
+        if rounded:  # again after a merged adapter: its sums are fp32
+            packed_linear.round_to_fp16(model)
         if profile.cpu.packed_weights and packed_linear.available():
             # again after every adapter change: a merged adapter changed the weights
-            packed_linear.pack_linears(model)
+            packed_linear.pack_linears(model, fp16_panels=rounded)
     return model, deepspeed_engine
 
 

@@ -32,6 +32,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -98,6 +99,23 @@ def build(compiler: str, flags: tuple[str, ...] = FLAGS, source: Path = SOURCE) 
 
 def compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def open_built(
+    source: Path, flags: tuple[str, ...], opener: Callable[[Path], ctypes.CDLL], instead: str
+) -> ctypes.CDLL | None:
+    """``opener`` on the library built from another of this package's C files; None where
+    there is no compiler (:func:`load` logs that) or the build fails (logged, with what runs
+    ``instead``)."""
+    cc = compiler()
+    if cc is None or platform.system() != "Linux":
+        return None
+    try:
+        return opener(build(cc, flags, source))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        log.warning("%s not built (%s): %s", source.name, detail, instead)
+        return None
 
 
 def open_library(path: Path) -> ctypes.CDLL:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import platform
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,14 +264,8 @@ def _rope_agrees(
 @functools.cache
 def load() -> StepOps | None:
     """The compiled operations where they give PyTorch's bits here, else None (logged once)."""
-    cc = kernels.compiler()
-    if cc is None or platform.system() != "Linux":
-        return None  # kernels.load logs the missing compiler
-    try:
-        library = open_library(kernels.build(cc, FLAGS, SOURCE))
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = getattr(exc, "stderr", "") or exc
-        log.warning("decode-step kernels not built (%s): PyTorch's ops instead", detail)
+    library = kernels.open_built(SOURCE, FLAGS, open_library, "PyTorch's ops instead")
+    if library is None:
         return None
     lanes = _width(library)
     ops = None if lanes is None else StepOps(library, lanes)
