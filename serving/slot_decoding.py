@@ -440,10 +440,10 @@ class SlotBatch:
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
     ) -> torch.Tensor:
-        """``(1, vocab)`` logits at the last of one row's positions (its prompt, its rating
-        pass) fed after the row's first ``start`` columns, writing their keys and values from
-        there: the compiled lean path where it applies (the same bits), else the model over
-        the row's view of the cache."""
+        """``(1, vocab)`` logits at the last of one row's prompt positions fed after the row's
+        first ``start`` columns, writing their keys and values from there: the compiled lean
+        path where it applies (the same bits), else the model over the row's view of the
+        cache. (Rating passes: :meth:`_rate`.)"""
         if self.step_ops is not None:
             return lean_step.row_logits(
                 self.model,

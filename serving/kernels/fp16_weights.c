@@ -14,8 +14,8 @@
  * construction), and the AVX-512, AVX2 and portable builds give the same bits (tested).
  *
  * Weights are packed once into panels of 32 output columns, [K][32] fp16 each: one 64-byte
- * line per k, read in order. A panel's rows are computed 8 at a time (AVX-512: 16
- * accumulators of 16 columns); the panels are shared among the threads.
+ * line per k, read in order. A panel's rows are computed 8 at a time on AVX-512 (16
+ * accumulators of 16 columns), 2 on AVX2; the panels are shared among the threads.
  */
 #include <math.h>
 #include <stdint.h>
