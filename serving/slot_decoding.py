@@ -297,7 +297,7 @@ class SlotBatch:
             layer.step_positions = columns
         try:
             mask = self.mask[:batch, None, None, :]
-            # fp32 weights rounded to bf16 are read as bf16 in a step (packed_linear.decode_rows)
+            # fp32 weights rounded to fp16 are read as fp16 in a step (packed_linear.decode_rows)
             with packed_linear.decode_rows():
                 if self.lean:  # the same step's bits, without transformers' glue (lean_step)
                     logits = lean_step.decode_logits(
