@@ -30,12 +30,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
+from transformers import activations
 from transformers.models.llama import modeling_llama
 
 from serving import attention, kernels, packed_linear
 from serving.kernels import step_ops
 
 # the engine's attention functions by the name the model is switched to (serving.attention)
+# activation modules whose forward is F.silu on its input: the step calls F.silu itself
+_SILU = tuple(
+    t for t in (torch.nn.SiLU, getattr(activations, "SiLUActivation", None)) if t is not None
+)
 _ATTENTION = {
     attention.NAME: attention.engine_attention,
     attention.NAME_PYTORCH: attention.pytorch_attention,
@@ -278,11 +284,15 @@ def _compiled_forward(
             attn.head_dim,
         )
         out = attend(attn, query, cache_layer)
-        delta = attn.o_proj(out.to(hidden.dtype).reshape(rows, length, -1))
+        delta = packed_linear.linear_output(
+            attn.o_proj, out.to(hidden.dtype).reshape(rows, length, -1)
+        )
         hidden, normed = ops.add_rmsnorm(hidden, delta, decoder.post_attention_layernorm)
         mlp = decoder.mlp
         gate, up = _projections((mlp.gate_proj, mlp.up_proj), normed)
-        delta = mlp.down_proj(mlp.act_fn(gate) * up)  # LlamaMLP.forward's arithmetic
+        # LlamaMLP.forward's arithmetic (transformers' SiLU module is F.silu: called as such)
+        act = F.silu(gate) if type(mlp.act_fn) in _SILU else mlp.act_fn(gate)
+        delta = packed_linear.linear_output(mlp.down_proj, act * up)
     _, hidden = ops.add_rmsnorm(hidden, delta, inner.norm)
     return hidden
 

@@ -205,10 +205,12 @@ def test_other_builds_give_the_native_builds_bits(tmp_path, monkeypatch, march, 
     ours = kernels.decode_attention(query, key, value, mask, 0.125)
     theirs = kernels.decode_attention(query, key, value, mask, 0.125, library=other)
     assert ours is not None and theirs is not None and torch.equal(ours, theirs)
-    query, key, value, mask = _prompt(100, 40, 8, dtype=dtype)
-    ours = kernels.prefill_attention(query, key, value, mask, 0.125)
-    theirs = kernels.prefill_attention(query, key, value, mask, 0.125, library=other)
-    assert ours is not None and theirs is not None and torch.equal(ours, theirs)
+    # 100 queries: full tiles and a short one; 48 dimensions: a pass of 32 and one of 16
+    for heads, kv_heads, dim in ((9, 3, 64), (4, 2, 48)):
+        query, key, value, mask = _prompt(100, 40, 8, heads, kv_heads, dim, dtype=dtype)
+        ours = kernels.prefill_attention(query, key, value, mask, 0.125)
+        theirs = kernels.prefill_attention(query, key, value, mask, 0.125, library=other)
+        assert ours is not None and theirs is not None and torch.equal(ours, theirs)
 
 
 def test_engine_attention_sends_the_models_own_cache_to_the_kernel() -> None:

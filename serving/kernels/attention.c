@@ -248,6 +248,10 @@ static void item_3x64(const float *qh, const void *kh, const void *vh, int kv_bf
 #endif
 
 #if defined(NEWSDESK_AVX2)
+/* Loops over rows and blocks unrolled before GCC decides what lives in memory: else it keeps
+ * the sums in registers but also stores them back to the stack at every column (GCC 12) */
+#define UNROLL _Pragma("GCC unroll 4")
+
 /* 8 cached values from element `i` of `base`, as fp32 */
 static inline __m256 load_cache8(const void *base, size_t i, int kv_bf16) {
     if (!kv_bf16) return _mm256_loadu_ps((const float *)base + i);
@@ -263,6 +267,59 @@ static inline float tree_sum8x2(__m256 lo, __m256 hi) {
     const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     const __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
     return _mm_cvtss_f32(s1);
+}
+
+/* exp_nonpositive on 8 lanes: the same operations, so the same bits */
+static inline __m256 exp_nonpositive8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fmadd_ps(k, _mm256_set1_ps(-0.693359375f), x);
+    r = _mm256_fmadd_ps(k, _mm256_set1_ps(2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    const __m256i bits = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+/* softmax (above) of `groups` rows of `count` scores: the same operations in the same order,
+ * 8 lanes at a time (a 16-column block's partial sums as two registers; the columns past
+ * `count` in the last block add exact zeros, where softmax adds nothing) */
+static void softmax_avx2(float *scores, int count, int groups) {
+    for (int g = 0; g < groups; g++) {
+        float *s = scores + (size_t)g * count;
+        float top = -__builtin_inff();
+        for (int i = 0; i < count; i++) top = s[i] > top ? s[i] : top;
+        const __m256 top8 = _mm256_set1_ps(top);
+        __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+        int i = 0;
+        for (; i + LANES <= count; i += LANES) {
+            const __m256 e0 = exp_nonpositive8(_mm256_sub_ps(_mm256_loadu_ps(s + i), top8));
+            const __m256 e1 = exp_nonpositive8(_mm256_sub_ps(_mm256_loadu_ps(s + i + 8), top8));
+            _mm256_storeu_ps(s + i, e0);
+            _mm256_storeu_ps(s + i + 8, e1);
+            lo = _mm256_add_ps(lo, e0);
+            hi = _mm256_add_ps(hi, e1);
+        }
+        if (i < count) { /* the last, partial block */
+            float tail[LANES] = {0};
+            for (int j = 0; i + j < count; j++) tail[j] = exp_nonpositive(s[i + j] - top);
+            for (int j = 0; i + j < count; j++) s[i + j] = tail[j];
+            lo = _mm256_add_ps(lo, _mm256_loadu_ps(tail));
+            hi = _mm256_add_ps(hi, _mm256_loadu_ps(tail + 8));
+        }
+        const __m256 total = _mm256_set1_ps(tree_sum8x2(lo, hi));
+        int n = 0;
+        for (; n + 8 <= count; n += 8)
+            _mm256_storeu_ps(s + n, _mm256_div_ps(_mm256_loadu_ps(s + n), total));
+        for (; n < count; n++) s[n] = s[n] / _mm256_cvtss_f32(total);
+    }
 }
 
 /* item_generic for 3 query heads per kv head and 64 dimensions on AVX2: the same arithmetic in
@@ -284,22 +341,28 @@ static void item_3x64(const float *qh, const void *kh, const void *vh, int kv_bf
             scores[(size_t)g * count + i] = tree_sum8x2(lo, hi) * scale;
         }
     }
-    softmax(scores, count, 3);
-    for (int half = 0; half < 64; half += 32) { /* 3 x 4 accumulators a pass */
-        __m256 acc[3][4];
-        for (int g = 0; g < 3; g++)
-            for (int j = 0; j < 4; j++) acc[g][j] = _mm256_setzero_ps();
+    softmax_avx2(scores, count, 3);
+    /* 3 x 4 accumulators a pass, a value vector at a time: with the 3 probabilities, 16
+     * registers (one array per head: GCC stores a 2-D one back to the stack at every column) */
+    for (int half = 0; half < 64; half += 32) {
+        __m256 a0[4], a1[4], a2[4];
+        UNROLL for (int j = 0; j < 4; j++) a0[j] = a1[j] = a2[j] = _mm256_setzero_ps();
         for (int i = 0; i < count; i++) {
             const size_t at = (size_t)cols[i] * 64 + half;
-            __m256 v[4];
-            for (int j = 0; j < 4; j++) v[j] = load_cache8(vh, at + 8 * j, kv_bf16);
-            for (int g = 0; g < 3; g++) {
-                const __m256 p = _mm256_set1_ps(scores[(size_t)g * count + i]);
-                for (int j = 0; j < 4; j++) acc[g][j] = _mm256_fmadd_ps(p, v[j], acc[g][j]);
+            const __m256 p0 = _mm256_set1_ps(scores[i]), p1 = _mm256_set1_ps(scores[count + i]),
+                         p2 = _mm256_set1_ps(scores[2 * (size_t)count + i]);
+            UNROLL for (int j = 0; j < 4; j++) {
+                const __m256 v = load_cache8(vh, at + 8 * j, kv_bf16);
+                a0[j] = _mm256_fmadd_ps(p0, v, a0[j]);
+                a1[j] = _mm256_fmadd_ps(p1, v, a1[j]);
+                a2[j] = _mm256_fmadd_ps(p2, v, a2[j]);
             }
         }
-        for (int g = 0; g < 3; g++)
-            for (int j = 0; j < 4; j++) _mm256_storeu_ps(oh + g * 64 + half + 8 * j, acc[g][j]);
+        UNROLL for (int j = 0; j < 4; j++) {
+            _mm256_storeu_ps(oh + half + 8 * j, a0[j]);
+            _mm256_storeu_ps(oh + 64 + half + 8 * j, a1[j]);
+            _mm256_storeu_ps(oh + 128 + half + 8 * j, a2[j]);
+        }
     }
 }
 #endif
@@ -533,25 +596,6 @@ static void tile_avx512(const float *const *qs, int rows, const float *kth, cons
 #endif
 
 #if defined(NEWSDESK_AVX2)
-/* exp_nonpositive on 8 lanes: the same operations, so the same bits */
-static inline __m256 exp_nonpositive8(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fmadd_ps(k, _mm256_set1_ps(-0.693359375f), x);
-    r = _mm256_fmadd_ps(k, _mm256_set1_ps(2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
-    const __m256i bits = _mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-}
-
 /* where 8 attend bytes are nonzero: all-ones lanes */
 static inline __m256 attend8(const uint8_t *a) {
     const __m256i wide = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)a));
@@ -560,26 +604,75 @@ static inline __m256 attend8(const uint8_t *a) {
                          _mm256_set1_epi32(-1)));
 }
 
-/* tile_generic's three phases on AVX2 (same order, same bits): scores 8 columns at a time
- * (each column's sum is its own), the softmax's 16 partial sums as two registers, outputs for
- * two queries and 32 dimensions a pass */
+/* Scores of up to 4 queries (qs) against 16 columns (kth: the first's transposed keys, rows
+ * k_pad apart): 8 sums in registers, two key loads and 4 broadcasts per dimension */
+static inline __attribute__((always_inline)) void scores_4x16(const float *const *qs, int n,
+                                                              const float *kth, int k_pad,
+                                                              int dim, float scale, float *s) {
+    __m256 lo[4], hi[4];
+    const float *q[4];
+    UNROLL for (int r = 0; r < 4; r++) q[r] = qs[r < n ? r : 0];
+    __m256 k0 = _mm256_loadu_ps(kth), k1 = _mm256_loadu_ps(kth + 8);
+    UNROLL for (int r = 0; r < 4; r++) {
+        const __m256 x = _mm256_set1_ps(q[r][0]);
+        lo[r] = _mm256_mul_ps(x, k0);
+        hi[r] = _mm256_mul_ps(x, k1);
+    }
+    for (int d = 1; d < dim; d++) {
+        k0 = _mm256_loadu_ps(kth + (size_t)d * k_pad);
+        k1 = _mm256_loadu_ps(kth + (size_t)d * k_pad + 8);
+        UNROLL for (int r = 0; r < 4; r++) {
+            const __m256 x = _mm256_set1_ps(q[r][d]);
+            lo[r] = _mm256_fmadd_ps(x, k0, lo[r]);
+            hi[r] = _mm256_fmadd_ps(x, k1, hi[r]);
+        }
+    }
+    const __m256 sc = _mm256_set1_ps(scale);
+    UNROLL for (int r = 0; r < 4; r++) if (r < n) {
+        _mm256_storeu_ps(s + (size_t)r * k_pad, _mm256_mul_ps(lo[r], sc));
+        _mm256_storeu_ps(s + (size_t)r * k_pad + 8, _mm256_mul_ps(hi[r], sc));
+    }
+}
+
+/* Outputs of up to 3 queries (their probabilities p, rows k_pad apart) for NB (2 or 4) blocks
+ * of 8 dimensions from dimension b0: each a sum over the columns in order */
+static inline __attribute__((always_inline)) void outputs_3x32(
+    const float *p, int k_pad, int n, const float *vfh, int dim, int span, float *const *outs,
+    int b0, const int NB) {
+    __m256 o0[4], o1[4], o2[4];
+    /* a missing query reads the first's probabilities: summed, never stored */
+    const float *p0 = p, *p1 = p + (size_t)(n > 1) * k_pad;
+    const float *p2 = p + (size_t)(n > 2 ? 2 : 0) * k_pad;
+    UNROLL for (int j = 0; j < NB; j++) o0[j] = o1[j] = o2[j] = _mm256_setzero_ps();
+    for (int c = 0; c < span; c++) {
+        const float *vc = vfh + (size_t)c * dim;
+        const __m256 x = _mm256_set1_ps(p0[c]), y = _mm256_set1_ps(p1[c]),
+                     z = _mm256_set1_ps(p2[c]);
+        UNROLL for (int j = 0; j < NB; j++) {
+            const __m256 vv = _mm256_loadu_ps(vc + j * 8);
+            o0[j] = _mm256_fmadd_ps(x, vv, o0[j]);
+            o1[j] = _mm256_fmadd_ps(y, vv, o1[j]);
+            o2[j] = _mm256_fmadd_ps(z, vv, o2[j]);
+        }
+    }
+    UNROLL for (int j = 0; j < NB; j++) {
+        _mm256_storeu_ps(outs[0] + b0 + j * 8, o0[j]);
+        if (n > 1) _mm256_storeu_ps(outs[1] + b0 + j * 8, o1[j]);
+        if (n > 2) _mm256_storeu_ps(outs[2] + b0 + j * 8, o2[j]);
+    }
+}
+
+/* tile_generic's three phases on AVX2 (same order, same bits): scores 4 queries by 16 columns
+ * at a time (each column's sum is its own), the softmax's 16 partial sums as two registers,
+ * outputs for three queries and 32 dimensions a pass */
 static void tile_avx2(const float *const *qs, int rows, const float *kth, const float *vfh,
                       int k_pad, int span, int dim, float scale, const uint8_t *attend,
                       int attend_stride, float *s, float *const *outs) {
     const int span_pad = (span + LANES - 1) / LANES * LANES;
-    for (int c0 = 0; c0 < span_pad; c0 += 8) {
-        __m256 acc[TILE];
-        const __m256 k0 = _mm256_loadu_ps(kth + c0);
-        for (int r = 0; r < TILE; r++) acc[r] = _mm256_mul_ps(_mm256_set1_ps(qs[r][0]), k0);
-        for (int d = 1; d < dim; d++) {
-            const __m256 kd = _mm256_loadu_ps(kth + (size_t)d * k_pad + c0);
-            for (int r = 0; r < TILE; r++)
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(qs[r][d]), kd, acc[r]);
-        }
-        for (int r = 0; r < rows; r++)
-            _mm256_storeu_ps(s + (size_t)r * k_pad + c0,
-                             _mm256_mul_ps(acc[r], _mm256_set1_ps(scale)));
-    }
+    for (int c0 = 0; c0 < span_pad; c0 += LANES)
+        for (int r0 = 0; r0 < rows; r0 += 4)
+            scores_4x16(qs + r0, rows - r0 < 4 ? rows - r0 : 4, kth + c0, k_pad, dim, scale,
+                        s + (size_t)r0 * k_pad + c0);
     for (int r = 0; r < rows; r++) {
         float *si = s + (size_t)r * k_pad;
         const uint8_t *a = attend + (size_t)r * attend_stride;
@@ -603,27 +696,15 @@ static void tile_avx2(const float *const *qs, int rows, const float *kth, const 
         for (int c0 = 0; c0 < span_pad; c0 += 8)
             _mm256_storeu_ps(si + c0, _mm256_div_ps(_mm256_loadu_ps(si + c0), sum));
     }
-    const int blocks = dim / 8;
-    for (int r0 = 0; r0 < rows; r0 += 2) {
-        const int pair = rows - r0 < 2 ? 1 : 2;
-        const float *p0 = s + (size_t)r0 * k_pad, *p1 = s + (size_t)(r0 + pair - 1) * k_pad;
-        for (int b0 = 0; b0 < blocks; b0 += 4) { /* 4 blocks of 8 dims: 8 sums in registers */
-            const int nb = blocks - b0 < 4 ? blocks - b0 : 4;
-            __m256 o0[4], o1[4];
-            for (int j = 0; j < 4; j++) o0[j] = o1[j] = _mm256_setzero_ps();
-            for (int c = 0; c < span; c++) {
-                const float *vc = vfh + (size_t)c * dim + b0 * 8;
-                const __m256 x = _mm256_set1_ps(p0[c]), y = _mm256_set1_ps(p1[c]);
-                for (int j = 0; j < nb; j++) {
-                    const __m256 vv = _mm256_loadu_ps(vc + j * 8);
-                    o0[j] = _mm256_fmadd_ps(x, vv, o0[j]);
-                    o1[j] = _mm256_fmadd_ps(y, vv, o1[j]);
-                }
-            }
-            for (int j = 0; j < nb; j++) {
-                _mm256_storeu_ps(outs[r0] + (b0 + j) * 8, o0[j]);
-                if (pair == 2) _mm256_storeu_ps(outs[r0 + 1] + (b0 + j) * 8, o1[j]);
-            }
+    for (int r0 = 0; r0 < rows; r0 += 3) {
+        const int n = rows - r0 < 3 ? rows - r0 : 3;
+        for (int b0 = 0; b0 < dim; b0 += 32) { /* dim is a multiple of 16 */
+            if (dim - b0 >= 32)
+                outputs_3x32(s + (size_t)r0 * k_pad, k_pad, n, vfh + b0, dim, span, outs + r0, b0,
+                             4);
+            else
+                outputs_3x32(s + (size_t)r0 * k_pad, k_pad, n, vfh + b0, dim, span, outs + r0, b0,
+                             2);
         }
     }
 }

@@ -15,7 +15,7 @@
  *
  * Weights are packed once into panels of 32 output columns, [K][32] fp16 each: one 64-byte
  * line per k, read in order. A panel's rows are computed 8 at a time on AVX-512 (16
- * accumulators of 16 columns), 2 on AVX2; the panels are shared among the threads.
+ * accumulators of 16 columns), up to 6 on AVX2; the panels are shared among the threads.
  */
 #include <math.h>
 #include <stdint.h>
@@ -96,30 +96,78 @@ INLINE void panel_rows(const float *x, long ldx, const uint16_t *panel, const fl
     }
 }
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define ROW_CHUNK 2 /* 16 ymm registers: 2 rows x 4 accumulators, their broadcasts, a weight */
+/* 16 ymm registers. Up to 2 rows take a whole panel (2 x 4 accumulators, their broadcasts, a
+ * weight): a panel line is widened once for both. From 3 rows on, the widening is what bounds
+ * it (an AVX2 core converts and multiplies on the same ports), so each half-panel of 16
+ * columns goes once over up to 6 rows (6 x 2 accumulators, 2 weights, a broadcast): 6 rows'
+ * fused multiply-adds per 2 conversions instead of 2 per 4. The same chains either way. */
+#define ROW_CHUNK 6
+/* Loops over rows unrolled before GCC decides what lives in memory: else it keeps the
+ * accumulators in registers but also stores them back to the stack at every k (seen with GCC
+ * 12), a store per multiply-add */
+#define UNROLL _Pragma("GCC unroll 6")
 INLINE __m256 widen8(const uint16_t *at) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)at));
 }
 
-INLINE void panel_rows(const float *x, long ldx, const uint16_t *panel, const float *bias,
-                       float *y, long ldy, int k, int cols, const int ROWS) {
-    __m256 a[ROW_CHUNK][4];
-    for (int r = 0; r < ROWS; r++)
-        for (int j = 0; j < 4; j++) a[r][j] = _mm256_setzero_ps();
+INLINE void panel_pair(const float *x, long ldx, const uint16_t *panel, const float *bias,
+                       float *y, long ldy, int k, int cols, const int ROWS_) {
+    const int ROWS = ROWS_ < 2 ? ROWS_ : 2; /* (a constant: the caller's other branch) */
+    __m256 a0[2], a1[2], a2[2], a3[2];
+    UNROLL for (int r = 0; r < ROWS; r++) a0[r] = a1[r] = a2[r] = a3[r] = _mm256_setzero_ps();
     for (int kk = 0; kk < k; kk++) {
         const uint16_t *at = panel + (size_t)kk * PANEL;
-        __m256 xr[ROW_CHUNK];
-        for (int r = 0; r < ROWS; r++) xr[r] = _mm256_broadcast_ss(x + (size_t)r * ldx + kk);
-        for (int j = 0; j < 4; j++) {
-            const __m256 w = widen8(at + 8 * j);
-            for (int r = 0; r < ROWS; r++) a[r][j] = _mm256_fmadd_ps(xr[r], w, a[r][j]);
-        }
+        __m256 xr[2];
+        UNROLL for (int r = 0; r < ROWS; r++) xr[r] = _mm256_broadcast_ss(x + (size_t)r * ldx + kk);
+        __m256 w = widen8(at);
+        UNROLL for (int r = 0; r < ROWS; r++) a0[r] = _mm256_fmadd_ps(xr[r], w, a0[r]);
+        w = widen8(at + 8);
+        UNROLL for (int r = 0; r < ROWS; r++) a1[r] = _mm256_fmadd_ps(xr[r], w, a1[r]);
+        w = widen8(at + 16);
+        UNROLL for (int r = 0; r < ROWS; r++) a2[r] = _mm256_fmadd_ps(xr[r], w, a2[r]);
+        w = widen8(at + 24);
+        UNROLL for (int r = 0; r < ROWS; r++) a3[r] = _mm256_fmadd_ps(xr[r], w, a3[r]);
     }
     float acc[PANEL];
-    for (int r = 0; r < ROWS; r++) {
-        for (int j = 0; j < 4; j++) _mm256_storeu_ps(acc + 8 * j, a[r][j]);
+    UNROLL for (int r = 0; r < ROWS; r++) {
+        _mm256_storeu_ps(acc, a0[r]);
+        _mm256_storeu_ps(acc + 8, a1[r]);
+        _mm256_storeu_ps(acc + 16, a2[r]);
+        _mm256_storeu_ps(acc + 24, a3[r]);
         store_panel(acc, bias, y + (size_t)r * ldy, cols);
     }
+}
+
+/* ROWS rows against the 16 columns of a half-panel (`half`: the panel + 0 or 16) -> acc */
+INLINE void half_rows(const float *x, long ldx, const uint16_t *half, float (*acc)[PANEL],
+                      int k, const int ROWS) {
+    __m256 lo[ROW_CHUNK], hi[ROW_CHUNK];
+    UNROLL for (int r = 0; r < ROWS; r++) lo[r] = hi[r] = _mm256_setzero_ps();
+    for (int kk = 0; kk < k; kk++) {
+        const uint16_t *at = half + (size_t)kk * PANEL;
+        const __m256 w0 = widen8(at), w1 = widen8(at + 8);
+        UNROLL for (int r = 0; r < ROWS; r++) {
+            const __m256 xr = _mm256_broadcast_ss(x + (size_t)r * ldx + kk);
+            lo[r] = _mm256_fmadd_ps(xr, w0, lo[r]);
+            hi[r] = _mm256_fmadd_ps(xr, w1, hi[r]);
+        }
+    }
+    UNROLL for (int r = 0; r < ROWS; r++) {
+        _mm256_storeu_ps(acc[r], lo[r]);
+        _mm256_storeu_ps(acc[r] + 8, hi[r]);
+    }
+}
+
+INLINE void panel_rows(const float *x, long ldx, const uint16_t *panel, const float *bias,
+                       float *y, long ldy, int k, int cols, const int ROWS) {
+    if (ROWS <= 2) {
+        panel_pair(x, ldx, panel, bias, y, ldy, k, cols, ROWS);
+        return;
+    }
+    float acc[ROW_CHUNK][PANEL];
+    half_rows(x, ldx, panel, acc, k, ROWS);
+    half_rows(x, ldx, panel + 16, (float (*)[PANEL])(&acc[0][16]), k, ROWS);
+    UNROLL for (int r = 0; r < ROWS; r++) store_panel(acc[r], bias, y + (size_t)r * ldy, cols);
 }
 #else
 #define ROW_CHUNK 1
@@ -146,6 +194,8 @@ static void chunk(const float *x, long ldx, const uint16_t *panel, const float *
 #if ROW_CHUNK >= 8
     case 8: panel_rows(x, ldx, panel, bias, y, ldy, k, cols, 8); break;
     case 7: panel_rows(x, ldx, panel, bias, y, ldy, k, cols, 7); break;
+#endif
+#if ROW_CHUNK >= 6
     case 6: panel_rows(x, ldx, panel, bias, y, ldy, k, cols, 6); break;
     case 5: panel_rows(x, ldx, panel, bias, y, ldy, k, cols, 5); break;
     case 4: panel_rows(x, ldx, panel, bias, y, ldy, k, cols, 4); break;
