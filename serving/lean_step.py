@@ -37,11 +37,11 @@ from transformers.models.llama import modeling_llama
 from serving import attention, kernels, packed_linear
 from serving.kernels import step_ops
 
-# the engine's attention functions by the name the model is switched to (serving.attention)
 # activation modules whose forward is F.silu on its input: the step calls F.silu itself
 _SILU = tuple(
     t for t in (torch.nn.SiLU, getattr(activations, "SiLUActivation", None)) if t is not None
 )
+# the engine's attention functions by the name the model is switched to (serving.attention)
 _ATTENTION = {
     attention.NAME: attention.engine_attention,
     attention.NAME_PYTORCH: attention.pytorch_attention,

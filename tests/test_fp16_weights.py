@@ -7,6 +7,7 @@ machine's engine runs; the tiny model below runs the fp32 path on any machine.""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 
 import pytest
@@ -146,6 +147,10 @@ def test_packed_linears_read_the_panels_in_decode_steps_only(kernel) -> None:  #
         fused = packed_linear.sibling_outputs(group, x)
         called = [m(x) for m in group]
     assert fused is not None and all(map(torch.equal, fused, called))
+    # a packed Linear's matmul called directly: its module call's bits, in a step and out
+    for context in (packed_linear.decode_rows, contextlib.nullcontext):
+        with context():
+            assert torch.equal(packed_linear.linear_output(block.o_proj, x), block.o_proj(x))
     # without fp16_panels (or on bf16 weights) there are none, and a step runs oneDNN's
     packed_linear.pack_linears(block)
     assert not packed_linear.steps_read_panels(block)
