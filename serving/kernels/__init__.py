@@ -140,16 +140,10 @@ def open_library(path: Path) -> ctypes.CDLL:
 @functools.cache
 def load() -> ctypes.CDLL | None:
     """The compiled kernel library, or None (logged) where it cannot be built here."""
-    cc = compiler()
-    if cc is None or platform.system() != "Linux":
+    if compiler() is None or platform.system() != "Linux":
         log.warning("no C compiler: attention stays on PyTorch's kernels (slower)")
         return None
-    try:
-        return open_library(build(cc))
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = getattr(exc, "stderr", "") or exc
-        log.warning("attention kernels not built (%s): PyTorch's instead", detail)
-        return None
+    return open_built(SOURCE, FLAGS, open_library, "PyTorch's attention instead")
 
 
 def available() -> bool:
