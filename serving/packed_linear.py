@@ -138,11 +138,8 @@ class _Siblings:
         self.panels = kernel.pack(weight) if kernel is not None else None
         biases = [m.bias for m in members]
         self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])  # type: ignore[union-attr]
-        edges = [0]
-        for m in members:
-            edges.append(edges[-1] + m.out_features)
-        self.columns = list(itertools.pairwise(edges))
         self.sizes = [m.out_features for m in members]
+        self.columns = list(itertools.pairwise([0, *itertools.accumulate(self.sizes)]))
         self.dtype = weight.dtype
         self._input: torch.Tensor | None = None
         self._output: torch.Tensor | None = None
@@ -315,7 +312,8 @@ def _fuse_siblings(model: nn.Module, kernel: fp16_weights.Fp16Weights | None = N
                 continue
             if len({m.bias is None for m in members}) != 1:
                 continue
-            halves = kernel is not None and all(_holds_fp16(m.weight) for m in members)  # type: ignore[union-attr]
+            # panels for the group where each member got its own (pack_linears just packed them)
+            halves = kernel is not None and all(m._panels is not None for m in members)  # type: ignore[union-attr]
             group = _Siblings(members, kernel if halves else None)  # type: ignore[arg-type]
             for index, member in enumerate(members):
                 member._packed = member._panels = None  # type: ignore[union-attr]
