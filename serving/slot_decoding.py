@@ -46,6 +46,7 @@ from serving.decoding import (
     PreallocatedLayer,
     PrefixCache,
     _logits,
+    rate_row,
     rating_pass,
     rating_probs,
 )
@@ -371,6 +372,21 @@ class SlotBatch:
         one batch of matmuls (:func:`serving.lean_step.rows_logits`: the bits each gets
         alone): at 8 rows ending together, one read of the weights instead of eight."""
         assert self.rating_suffix is not None and self.score_ids is not None
+        if self.step_ops is None:  # one row at a time, the model over the row's view
+            return {
+                slot: rate_row(
+                    self.model,
+                    self._row_view,
+                    slot,
+                    self.mask[slot : slot + 1].long(),
+                    self.rows[slot].tokens,
+                    self.prompt_end,
+                    self.eos_id,
+                    self.rating_suffix,
+                    self.score_ids,
+                )[0]
+                for slot in ended
+            }
         passes = {
             slot: rating_pass(
                 self.mask[slot : slot + 1].long(),
@@ -381,20 +397,6 @@ class SlotBatch:
             )
             for slot in ended
         }
-        if self.step_ops is None:
-            return {
-                slot: rating_probs(
-                    _logits(
-                        self.model,
-                        input_ids=rated.input_ids,
-                        attention_mask=rated.mask,
-                        position_ids=rated.positions,
-                        cache=self._row_view(slot, rated.kept),
-                    ),
-                    self.score_ids,
-                )[0]
-                for slot, rated in passes.items()
-            }
         groups: dict[int, list[int]] = {}
         for slot, rated in passes.items():
             groups.setdefault(rated.input_ids.shape[1], []).append(slot)

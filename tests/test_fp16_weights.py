@@ -203,10 +203,11 @@ def _tiny_llama() -> LlamaForCausalLM:
 
 
 @torch.inference_mode()
-def test_a_tiny_fp32_model_decodes_a_row_the_same_in_any_company() -> None:
+@pytest.mark.parametrize("step_kernels", [True, False])  # the two ways to the rating passes
+def test_a_tiny_fp32_model_decodes_a_row_the_same_in_any_company(step_kernels: bool) -> None:
     """The fp32 path end to end on a random LLaMA: weights rounded (the tied embedding with the
     output layer), panels packed, and a row's decode-step logits the same alone (beside the
-    idle row) as among five."""
+    idle row) as among five; rated together (compiled step) or one row at a time."""
     from serving.attention import use_engine_attention
     from serving.slot_decoding import RowRequest, SlotBatch
 
@@ -230,7 +231,9 @@ def test_a_tiny_fp32_model_decodes_a_row_the_same_in_any_company() -> None:
             eos_id=95,
             rating_suffix=[40, 41, 42],
             score_ids=list(range(10, 19)),
+            step_kernels=step_kernels,
         )
+        assert (batch.step_ops is not None) == step_kernels
         outs = {}
         for i, ids in enumerate(prompts):
             ended = batch.admit(RowRequest(ids, 10, (), tag=i))
