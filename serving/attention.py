@@ -21,7 +21,9 @@ do not cover (a bf16 model's fp32 cache, shapes the kernels refuse, no C compile
 
 Registered with transformers' ``AttentionInterface`` under :data:`NAME` (with the SDPA mask
 builder), and under :data:`NAME_PYTORCH` without the kernels (``cpu.attention_kernels: false``);
-:func:`use_engine_attention` switches a model to one of them.
+:func:`use_engine_attention` switches a model to one of them, and records on its attention
+modules whether a bf16 prompt's attention may run on AMX tiles (``cpu.amx_attention``:
+:func:`serving.kernels.prefill_attention`).
 """
 
 from __future__ import annotations
@@ -109,7 +111,9 @@ def engine_attention(
         if query.shape[2] == 1 and attention_mask is not None:
             out = kernels.decode_attention(query, key, value, attention_mask, scale)
         else:
-            out = kernels.prefill_attention(query, key, value, attention_mask, scale)
+            out = kernels.prefill_attention(
+                query, key, value, attention_mask, scale, amx=uses_amx(module)
+            )
         if out is not None:
             return out.to(query.dtype), None
     return pytorch_attention(module, query, key, value, attention_mask, scaling)
@@ -135,10 +139,32 @@ def pytorch_attention(
     return out.to(dtype), None
 
 
-def use_engine_attention(model: torch.nn.Module, use_kernels: bool = True) -> None:
+def use_engine_attention(
+    model: torch.nn.Module, use_kernels: bool = True, amx: bool = False
+) -> None:
     """Switch a transformers model to :func:`engine_attention`, or to
-    :func:`pytorch_attention` (``use_kernels`` false)."""
+    :func:`pytorch_attention` (``use_kernels`` false). ``amx``: its prompts' and rating
+    passes' attention on AMX tiles where they run (``cpu.amx_attention``, see
+    :func:`serving.kernels.prefill_attention`), recorded on its attention modules, the ones
+    the attention function is called with: two engines in one process may differ."""
     name = NAME if use_kernels else NAME_PYTORCH
     AttentionInterface.register(name, engine_attention if use_kernels else pytorch_attention)
     AttentionMaskInterface.register(name, sdpa_mask)
     model.set_attn_implementation(name)
+    for module in model.modules():
+        if hasattr(module, "q_proj"):  # an attention block
+            ask_amx(module, amx and use_kernels)
+
+
+_AMX = "_newsdesk_amx_attention"  # the attribute ask_amx sets
+
+
+def ask_amx(module: torch.nn.Module, amx: bool) -> None:
+    """Record on ``module`` (an attention block) whether its prefill attention runs on AMX
+    tiles where they run."""
+    setattr(module, _AMX, amx)
+
+
+def uses_amx(module: torch.nn.Module) -> bool:
+    """Whether ``module`` (an attention block) asks for its prefill attention on AMX tiles."""
+    return getattr(module, _AMX, False)

@@ -27,6 +27,7 @@ attention takes the model's own forward: :func:`applies` says which.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -185,9 +186,9 @@ def rows_logits(
     The rows share each matmul (one weight read for all of them instead of one each), and
     nothing else: norms, SiLU and adds are computed per row; the rotary embeddings, cache
     writes and attention are one call per row on its own slot; the output layer runs on each
-    row's last position alone, as for one row. oneDNN's matmul gives a row the same bits in a
-    block of any number of rows (tested for every projection shape, tests/test_engine_cpu_
-    kernels.py), so each row's logits and cache writes are the bits it gets alone."""
+    row's last position alone, as for one row. Callers share rows only where
+    :func:`rates_together` found the model's matmuls giving a block of rows the bits each
+    gets alone, so each row's logits and cache writes are the bits it gets alone."""
     rows, length = input_ids.shape
     ends = [start + length for start in starts]
     masks = []
@@ -222,7 +223,13 @@ def rows_logits(
             values = cache_layer.value_buffer[slot : slot + 1, :, :end]
             outs.append(
                 _attention(
-                    kernels.prefill_attention, attn, query[i : i + 1], keys, values, masks[i]
+                    kernels.prefill_attention,
+                    attn,
+                    query[i : i + 1],
+                    keys,
+                    values,
+                    masks[i],
+                    amx=attention.uses_amx(attn),
                 ).reshape(1, length, -1)
             )
         return _joined(outs)
@@ -234,6 +241,63 @@ def rows_logits(
     return torch.cat([model.lm_head(hidden[i : i + 1, -1:, :])[:, -1, :] for i in range(rows)])
 
 
+# rates_together's verdicts per model and pass length (probed once: shapes decide, not values)
+_TOGETHER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def rates_together(model: torch.nn.Module, length: int = 42) -> bool:
+    """Whether :func:`rows_logits` may share the matmuls of several rows' passes of ``length``
+    positions on this CPU: each matmul of the model's first layer (as the forward calls it)
+    gives a pass's rows the bits they get alone in a block of 2, 5 or 16 passes, first or
+    last in it, on probe data. oneDNN's bf16 matmuls on AMX tiles do not (their blocking
+    follows the row count: on the AMX Xeon of 2026-12-01, 576 x 576 and the MLP's shapes
+    moved), where its AVX-512 ones did; a row is then rated alone."""
+    verdicts = _TOGETHER.setdefault(model, {})
+    if length not in verdicts:
+        verdicts[length] = _shares_bits(model, length)
+    return verdicts[length]
+
+
+def _shares_bits(model: torch.nn.Module, length: int) -> bool:
+    decoder = model.model.layers[0]
+    attn, mlp = decoder.self_attn, decoder.mlp
+    param = next(model.parameters())
+    matmuls = [
+        (lambda x: torch.cat(_projections((attn.q_proj, attn.k_proj, attn.v_proj), x), -1),
+         attn.q_proj.in_features),
+        (lambda x: packed_linear.linear_output(attn.o_proj, x), attn.o_proj.in_features),
+        (lambda x: torch.cat(_projections((mlp.gate_proj, mlp.up_proj), x), -1),
+         mlp.gate_proj.in_features),
+        (lambda x: packed_linear.linear_output(mlp.down_proj, x), mlp.down_proj.in_features),
+    ]  # fmt: skip
+    return all(
+        keeps_row_bits(matmul, width, param.dtype, length, param.device)
+        for matmul, width in matmuls
+    )
+
+
+@torch.inference_mode()
+def keeps_row_bits(
+    matmul: Callable[[torch.Tensor], torch.Tensor],
+    width: int,
+    dtype: torch.dtype,
+    length: int,
+    device: torch.device | str = "cpu",
+) -> bool:
+    """Whether ``matmul`` gives a pass of ``length`` rows (``(passes, length, width)``
+    inputs) the bits it gets alone when 1, 2 or 5 passes run first or last in a block of 16,
+    on probe data."""
+    generator = torch.Generator().manual_seed(width + length)
+    x = torch.randn(16, length, width, generator=generator).to(device, dtype)
+    together = matmul(x)
+    for count in (1, 2, 5):
+        for first in (0, 16 - count):
+            alone = matmul(x[first : first + count].clone())
+            if not torch.equal(alone, together[first : first + count]):
+                return False
+    return True
+
+
 def _projections(modules: tuple[torch.nn.Module, ...], x: torch.Tensor) -> list[torch.Tensor]:
     """Each module on ``x``: one matmul where they are a packed sibling group
     (:func:`serving.packed_linear.sibling_outputs`), else their own calls (PEFT's LoRA layers)."""
@@ -241,10 +305,10 @@ def _projections(modules: tuple[torch.nn.Module, ...], x: torch.Tensor) -> list[
     return outputs if outputs is not None else [module(x) for module in modules]
 
 
-def _attention(kernel, attn, query, keys, values, mask) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """fp32 attention by the engine's ``kernel``, or PyTorch's where the kernel does not take
-    the shapes (the same contract: :mod:`serving.attention`)."""
-    out = kernel(query, keys, values, mask, attn.scaling)
+def _attention(kernel, attn, query, keys, values, mask, **options) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """fp32 attention by the engine's ``kernel`` (with its ``options``), or PyTorch's where the
+    kernel does not take the shapes (the same contract: :mod:`serving.attention`)."""
+    out = kernel(query, keys, values, mask, attn.scaling, **options)
     if out is None:
         out, _ = attention.pytorch_attention(attn, query, keys, values, mask, attn.scaling)
     return out
@@ -290,9 +354,14 @@ def _compiled_forward(
         hidden, normed = ops.add_rmsnorm(hidden, delta, decoder.post_attention_layernorm)
         mlp = decoder.mlp
         gate, up = _projections((mlp.gate_proj, mlp.up_proj), normed)
-        # LlamaMLP.forward's arithmetic (transformers' SiLU module is F.silu: called as such)
-        act = F.silu(gate) if type(mlp.act_fn) in _SILU else mlp.act_fn(gate)
-        delta = packed_linear.linear_output(mlp.down_proj, act * up)
+        # LlamaMLP.forward's arithmetic (transformers' SiLU module is F.silu: called as such;
+        # a bf16 model's SiLU and product in one pass where that gives their bits here)
+        silu = type(mlp.act_fn) in _SILU
+        if silu and ops.silu is not None and gate.dtype == torch.bfloat16:
+            product = ops.silu_mul(gate, up)
+        else:
+            product = (F.silu(gate) if silu else mlp.act_fn(gate)) * up
+        delta = packed_linear.linear_output(mlp.down_proj, product)
     _, hidden = ops.add_rmsnorm(hidden, delta, inner.norm)
     return hidden
 

@@ -124,6 +124,13 @@ class CpuOptions(BaseModel):
         "bf16 model's cache is then bf16): batch-invariant like PyTorch's path, not the same "
         "bits (fp32 sums in another order).",
     )
+    amx_attention: bool = Field(
+        default=True,
+        description="With attention_kernels, a bf16 model on a CPU with AMX: a prompt's and a "
+        "rating pass's attention on AMX tiles (fp32 sums, each probability as two bf16 parts; "
+        "~2x a prompt's attention): batch-invariant, within a few fp32 roundings of the fp32 "
+        "loops but not their bits (distance in docs/benchmarks.md). Elsewhere nothing changes.",
+    )
     lean_decode_step: bool = Field(
         default=True,
         description="Decode steps of a LLaMA model call its modules directly, without "

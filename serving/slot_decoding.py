@@ -370,7 +370,8 @@ class SlotBatch:
         """Each ended row's rating, ``(len(score_ids),)`` by slot. On the compiled path the
         rows whose passes have the same length (all but a row with an empty summary) run as
         one batch of matmuls (:func:`serving.lean_step.rows_logits`: the bits each gets
-        alone): at 8 rows ending together, one read of the weights instead of eight."""
+        alone) where this CPU's matmuls allow it (:func:`serving.lean_step.rates_together`):
+        at 8 rows ending together, one read of the weights instead of eight."""
         assert self.rating_suffix is not None and self.score_ids is not None
         if self.step_ops is None:  # one row at a time, the model over the row's view
             return {
@@ -397,9 +398,12 @@ class SlotBatch:
             )
             for slot in ended
         }
-        groups: dict[int, list[int]] = {}
+        groups: dict[object, list[int]] = {}
         for slot, rated in passes.items():
-            groups.setdefault(rated.input_ids.shape[1], []).append(slot)
+            length = rated.input_ids.shape[1]
+            # one group per length where the matmuls keep each row's bits, else one per row
+            key = length if lean_step.rates_together(self.model, length) else slot
+            groups.setdefault(key, []).append(slot)
         ratings = {}
         for slots in groups.values():
             logits = lean_step.rows_logits(

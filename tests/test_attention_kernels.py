@@ -2,7 +2,8 @@
 model's: PyTorch's attention to fp32 rounding, each row's bits independent of the rows beside
 it (decode) and of the other queries of its tile (prefill), columns outside a row's mask never
 read, the portable C build and the AVX2 one giving the native build's bits, and the engine's
-attention sending the slot cache to them."""
+attention sending the slot cache to them. A prompt's attention on AMX tiles where this CPU
+has them: close to the loops' accuracy, the same invariance."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from serving import kernels
 from serving.attention import (
     _decode_attention,
     _prefill_attention,
+    ask_amx,
     engine_attention,
     pytorch_attention,
 )
@@ -213,6 +215,67 @@ def test_other_builds_give_the_native_builds_bits(tmp_path, monkeypatch, march, 
         assert ours is not None and theirs is not None and torch.equal(ours, theirs)
 
 
+needs_amx = pytest.mark.skipif(not kernels.amx_available(), reason="no AMX on this CPU")
+
+
+@needs_amx
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize(("q_len", "cached", "padding"), [(436, 76, 14), (42, 500, 100), (9, 0, 0)])
+def test_prefill_on_amx_tiles_is_bf16_attention(
+    q_len: int, cached: int, padding: int, dim: int
+) -> None:
+    """On AMX each probability is two bf16 parts (~16 bits): the outputs are within a few
+    times the fp32 loops' error of exact attention (bf16 probabilities would be ~1e-3 off),
+    and not the loops' bits."""
+    query, key, value, mask = _prompt(q_len, cached, padding, 8, 2, dim)
+    for m in (mask, None if padding == 0 else mask):
+        out = kernels.prefill_attention(query, key, value, m, 0.125, amx=True)
+        loops = kernels.prefill_attention(query, key, value, m, 0.125)
+        assert out is not None and loops is not None and out.shape == (1, q_len, 8, dim)
+        exact = _prefill_attention(query.double(), key.double(), value.double(), m, 0.125)
+        error = (out.double() - exact).abs().max().item()
+        loops_error = (loops.double() - exact).abs().max().item()
+        assert error < 2e-5 and error < 20 * loops_error, (error, loops_error)
+        assert not torch.equal(out, loops)
+
+
+@needs_amx
+def test_prefill_on_amx_tiles_keeps_a_querys_bits_whatever_its_company() -> None:
+    """As on the loops: a prompt's first 20 queries alone (a short last tile, another span)
+    give their bits in the whole prompt, with one thread too, and masked columns holding
+    anything finite add exact zeros."""
+    query, key, value, mask = _prompt(300, 60, 10)
+    whole = kernels.prefill_attention(query, key, value, mask, 0.125, amx=True)
+    first = kernels.prefill_attention(
+        query[:, :, :20], key, value, mask[:, :, :20], 0.125, amx=True
+    )
+    assert whole is not None and first is not None
+    assert torch.equal(first[0], whole[0, :20])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = kernels.prefill_attention(query, key, value, mask, 0.125, amx=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert single is not None and torch.equal(single, whole)
+    poisoned_k, poisoned_v = key.clone(), value.clone()
+    poisoned_k[:, :, 50:60], poisoned_v[:, :, 50:60] = 1e4, -3e38  # the padding columns
+    again = kernels.prefill_attention(query, poisoned_k, poisoned_v, mask, 0.125, amx=True)
+    assert again is not None and torch.equal(again, whole)
+
+
+def test_amx_is_asked_only_where_it_applies() -> None:
+    """An fp32 cache, a head dimension that is not a multiple of 64, or a CPU without AMX:
+    ``amx`` changes nothing (the loops' bits)."""
+    cases = [_prompt(50, 30, 5, dtype=torch.float32), _prompt(50, 30, 5, 4, 2, 48)]
+    if not kernels.amx_available():
+        cases.append(_prompt(50, 30, 5))
+    for query, key, value, mask in cases:
+        asked = kernels.prefill_attention(query, key, value, mask, 0.125, amx=True)
+        loops = kernels.prefill_attention(query, key, value, mask, 0.125)
+        assert asked is not None and loops is not None and torch.equal(asked, loops)
+
+
 def test_engine_attention_sends_the_models_own_cache_to_the_kernel() -> None:
     query, key, value, mask = _case(3, 9, 3, 64)
     out, _ = engine_attention(torch.nn.Module(), query, key, value, mask, 0.125)
@@ -235,3 +298,10 @@ def test_engine_attention_sends_the_models_own_cache_to_the_kernel() -> None:
     out, _ = engine_attention(torch.nn.Module(), query, key, value, mask, 0.125)
     direct = kernels.prefill_attention(query, key, value, mask, 0.125)
     assert direct is not None and torch.equal(out, direct.to(torch.bfloat16))
+    # an attention module that asks for AMX (use_engine_attention's record of
+    # cpu.amx_attention) gets its prefill on AMX tiles where they run
+    module = torch.nn.Module()
+    ask_amx(module, True)
+    out, _ = engine_attention(module, query, key, value, mask, 0.125)
+    on_amx = kernels.prefill_attention(query, key, value, mask, 0.125, amx=True)
+    assert on_amx is not None and torch.equal(out, on_amx.to(torch.bfloat16))

@@ -158,7 +158,7 @@ def test_compiled_prompt_and_rating_passes_give_the_models_own_bits(
             )
         assert torch.equal(ours, torch.cat(theirs))
         assert all(map(torch.equal, _cache_of(layers), written))
-        calls.append(tuple(ids.shape))
+        calls.append((*ids.shape, min(starts)))
         return ours
 
     monkeypatch.setattr(lean_step, "rows_logits", checked)
@@ -167,9 +167,14 @@ def test_compiled_prompt_and_rating_passes_give_the_models_own_bits(
     out = _run(engine, prompts, [2, 0, 4, 1, 3], {4: 7}, slots=3)
     assert len(out) == len(lee)
     # every prompt and every rating pass went through it (rating: eos + suffix, ~40 tokens)
-    assert sum(rows for rows, _ in calls) == 2 * len(lee), calls
-    # and rows that ended at the same step were rated together
-    assert any(rows >= 2 for rows, _ in calls), calls
+    assert sum(rows for rows, _, _ in calls) == 2 * len(lee), calls
+    # and rows that ended at the same step were rated together, where this CPU's matmuls
+    # give each row its bits in a block (lean_step.rates_together), else one at a time
+    # (a rating pass starts after the prompt's columns)
+    end = engine.profile.max_prompt_tokens
+    rating = [(rows, length) for rows, length, start in calls if start >= end]
+    together = lean_step.rates_together(engine.decoder.model, rating[0][1])
+    assert any(rows >= 2 for rows, _ in rating) == together, (calls, together)
 
 
 def _exact(outcome: Result | ArticleError) -> dict:

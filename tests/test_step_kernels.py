@@ -1,5 +1,6 @@
-"""The decode step's compiled adds, norms, rotary embeddings and cache writes
-(serving/kernels/step_ops.c): PyTorch's bits for every shape and layout the engine gives them,
+"""The decode step's compiled adds, norms, rotary embeddings, cache writes and a bf16 MLP's
+SiLU product (serving/kernels/step_ops.c): PyTorch's bits for every shape and layout the
+engine gives them,
 the vector width of PyTorch's sums found on this machine (and a wrong one caught), and PyTorch's
 ops kept where the kernels do not apply. The engine-level checks (every decode step, prompt and
 rating pass of a run bit for bit against the model's forward) are in
@@ -118,6 +119,38 @@ def test_rope_store_gives_transformers_rotary_embedding_and_cache_writes(  # typ
         else:
             expected[slot][:, columns] = want[0]
         assert torch.equal(cache, expected)
+
+
+@pytest.mark.parametrize(("rows", "n"), [(1, 1536), (16, 1536), (436, 1536), (42, 100)])
+def test_silu_mul_gives_silu_then_product_bits(ops, rows, n) -> None:  # type: ignore[no-untyped-def]
+    """A bf16 MLP's F.silu(gate) * up in one pass: the bits of the two ops, on the strided
+    halves of one gate/up matmul (a decode step's rows, a prompt's, a width with a scalar
+    tail), with gates over every bf16 value (subnormals, infinities, NaNs)."""
+    assert ops.silu is not None, "the fused product does not give PyTorch's bits here"
+    generator = torch.Generator().manual_seed(rows + n)
+    both = (torch.randn((rows, 2 * n), generator=generator) * 4).to(torch.bfloat16)
+    times = -(-rows * n // 65536)  # every value at least once where the rows hold them all
+    every = torch.randperm(65536, generator=generator).repeat(times)[: rows * n]
+    every = every.to(torch.int16)
+    both[:, :n] = every.view(torch.bfloat16).reshape(rows, n)
+    gate, up = both.split(n, -1)
+    want = torch.nn.functional.silu(gate) * up
+    got = ops.silu_mul(gate, up)
+    assert got.shape == want.shape
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))
+    # contiguous operands of another row stride too
+    again = ops.silu_mul(gate.contiguous(), up.contiguous())
+    assert torch.equal(again.view(torch.int16), want.view(torch.int16))
+
+
+def test_a_silu_product_that_differs_keeps_f_silu_and_the_other_ops(monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Where the fused product's bits differ from PyTorch's (another PyTorch's SiLU), load
+    keeps the other operations and drops it: the step computes F.silu and the product."""
+    monkeypatch.setattr(step_ops, "_silu_table", lambda: torch.zeros(65538, dtype=torch.bfloat16))
+    with caplog.at_level(logging.WARNING):
+        found = step_ops.load.__wrapped__()
+    assert found is not None and found.silu is None
+    assert "F.silu instead" in caplog.text
 
 
 def test_models_they_do_not_fit_keep_pytorchs_ops() -> None:

@@ -121,7 +121,9 @@ def finish(
         model = deepspeed_engine.module
     _apply_cpu_options(model, profile, device)
     if device.type == "cpu" and not replaces_modules(profile):
-        use_engine_attention(model, use_kernels=profile.cpu.attention_kernels)
+        use_engine_attention(
+            model, use_kernels=profile.cpu.attention_kernels, amx=profile.cpu.amx_attention
+        )
         rounded = rounds_to_fp16(profile, device)
         if rounded:  # again after a merged adapter: its sums are fp32
             packed_linear.round_to_fp16(model)

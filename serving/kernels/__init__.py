@@ -15,7 +15,8 @@ CPU (``-march=native``; OpenMP from torch's own runtime, already loaded) into
 (a shared home on a mixed cluster keeps one build per CPU kind), and called through ctypes
 (which releases the GIL). The hot loops are written out for AVX-512 and for AVX2 + FMA (CPUs
 without AVX-512), each giving the portable loops' bits (tested); the cache they read is the
-model's own dtype, bf16 or fp32.
+model's own dtype, bf16 or fp32. On a CPU with AMX a bf16 prompt's attention can run on AMX
+tiles instead (``amx``: other bits, within a few fp32 roundings; batch-invariant the same way).
 
 Without a C compiler (or on a platform it does not build on) :func:`load` returns None and
 the engine keeps PyTorch's path with an fp32 cache, logged once: slower, never wrong.
@@ -132,8 +133,10 @@ def open_library(path: Path) -> ctypes.CDLL:
         [ctypes.c_void_p] * 3
         + [ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
         + [ctypes.c_int] * 5
-        + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
+        + [ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_int]
     )
+    library.newsdesk_amx_attention.restype = ctypes.c_int
+    library.newsdesk_amx_attention.argtypes = []
     return library
 
 
@@ -148,6 +151,13 @@ def load() -> ctypes.CDLL | None:
 
 def available() -> bool:
     return load() is not None
+
+
+def amx_available(library: ctypes.CDLL | None = None) -> bool:
+    """Whether :func:`prefill_attention`'s ``amx`` runs on AMX tiles here: the kernels built
+    for a CPU with AMX (and AVX512-BF16), and Linux letting this process use the tiles."""
+    library = library or load()
+    return library is not None and bool(library.newsdesk_amx_attention())
 
 
 def decode_attention(
@@ -205,12 +215,15 @@ def prefill_attention(
     mask: torch.Tensor | None,
     scale: float,
     library: ctypes.CDLL | None = None,
+    amx: bool = False,
 ) -> torch.Tensor | None:
     """Attention of one row's ``(1, H, Lq, D)`` queries (a prompt, the rating pass) against its
     ``(1, Hkv, Lk, D)`` keys and values (bf16 or fp32; views of the slot cache: columns
     contiguous, heads strided), where ``mask`` (``(1, 1, Lq, Lk)`` bool) is set, or causal
     from the last key back when it is None; ``(1, Lq, H, D)`` fp32. None where the kernel does
-    not apply."""
+    not apply. ``amx``: on AMX tiles where they run (:func:`amx_available`; a bf16 cache, a
+    head dimension that is a multiple of 64): other bits than the fp32 loops, within a few
+    fp32 roundings (``attention.c`` says how), batch-invariant the same way."""
     library = library or load()
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
@@ -243,6 +256,7 @@ def prefill_attention(
         scale,
         torch.get_num_threads(),
         key.dtype == torch.bfloat16,
+        amx,
     )
     if status != 0:
         return None

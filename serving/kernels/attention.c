@@ -181,6 +181,20 @@ static inline __m512 tree_sums16(const __m512 *v) {
     return _mm512_permutexvar_ps(order, z);
 }
 
+/* Decode attention is bound by reading the cache (16 rows' caches of 30 layers: ~220 MB a
+ * step, far past the caches): each column of keys or values is asked for AHEAD columns before
+ * it is read, so that several are in flight beside the hardware's prefetch. */
+#define AHEAD 32
+static inline void prefetch_column(const void *base, int column, int kv_bf16) {
+    const char *p = (const char *)base + (size_t)column * 64 * (kv_bf16 ? 2 : 4);
+    _mm_prefetch(p, _MM_HINT_T0);
+    _mm_prefetch(p + 64, _MM_HINT_T0);
+    if (!kv_bf16) {
+        _mm_prefetch(p + 128, _MM_HINT_T0);
+        _mm_prefetch(p + 192, _MM_HINT_T0);
+    }
+}
+
 /* The 16 lane partial sums of each of 3 queries' dot products with the cached key at element
  * `at` (before their tree sum) */
 static inline void key_lanes(const __m512 qv[3][4], const void *kh, size_t at, int kv_bf16,
@@ -212,6 +226,12 @@ static void item_3x64(const float *qh, const void *kh, const void *vh, int kv_bf
     for (; i + 16 <= count; i += 16) {
         __m512 lanes[3][16], parts[3];
         for (int c = 0; c < 16; c++) {
+            /* past the last key, the first values */
+            const int next = i + c + AHEAD;
+            if (next < count)
+                prefetch_column(kh, cols[next], kv_bf16);
+            else if (next - count < count)
+                prefetch_column(vh, cols[next - count], kv_bf16);
             key_lanes(qv, kh, (size_t)cols[i + c] * 64, kv_bf16, parts);
             for (int g = 0; g < 3; g++) lanes[g][c] = parts[g];
         }
@@ -230,6 +250,7 @@ static void item_3x64(const float *qh, const void *kh, const void *vh, int kv_bf
     for (int g = 0; g < 3; g++)
         for (int j = 0; j < 4; j++) acc[g][j] = _mm512_setzero_ps();
     for (int i = 0; i < count; i++) {
+        if (i + AHEAD < count) prefetch_column(vh, cols[i + AHEAD], kv_bf16);
         const size_t at = (size_t)cols[i] * 64;
         const __m512 v0 = load_cache16(vh, at, kv_bf16), v1 = load_cache16(vh, at + 16, kv_bf16);
         const __m512 v2 = load_cache16(vh, at + 32, kv_bf16);
@@ -710,18 +731,336 @@ static void tile_avx2(const float *const *qs, int rows, const float *kth, const 
 }
 #endif
 
+/* ---- prefill on AMX tiles (bf16 models on CPUs with AMX) ----------------------------------
+ *
+ * The loops above compute a prompt's attention at ~55% of the two cores' fp32 FMA rate (1.5
+ * ms a layer for a 436-token prompt on an AMX Xeon, a third of its prefill); AMX multiplies
+ * bf16 tiles at ~10x that rate. On a bf16 model the queries and keys are bf16 values already
+ * (its rotary embedding rounds them), so the scores are the same exact products, summed in
+ * fp32 in an order of AMX's own (not a chain of FMAs: measured, no plain fp32 order reproduces
+ * it). The softmax stays fp32; for the second product each numerator e is split into two
+ * bf16 parts, hi = e rounded and lo = (e - hi) rounded (e - hi is exact), and both are
+ * multiplied with the values (two products a tile): hi + lo keeps ~16 of e's 24 bits where
+ * rounding it to bf16 (vLLM's and PyTorch's bf16 attention) keeps 8 (tried first: 73 of 300
+ * Lee summaries changed against the loops, and more of the changed ones read worse). Each
+ * output is divided by its numerators' fp32 sum. Not the loops' bits, but within a few fp32
+ * roundings of them (docs/benchmarks.md has the distance); asked for by the caller (`amx`,
+ * cpu.amx_attention).
+ *
+ * Batch invariance holds as in the loops: an output element of a tile product depends on its
+ * query's row and the key or value block only, the blocks are fixed by column (16 columns a
+ * score tile, 32 a value tile, from column 0), and a column a query does not attend (masked,
+ * or past its tile's span) adds an exact zero: a query's bits do not depend on the other
+ * queries of its tile, nor on what masked columns hold. */
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
+    defined(__linux__)
+#define NEWSDESK_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define AMX_ROWS 16
+
+/* Linux gives a process AMX's tile state only once asked (ARCH_REQ_XCOMP_PERM, XTILEDATA);
+ * PyTorch's oneDNN asks too, the answer is the process's. */
+static int amx_permitted(void) {
+    static int state; /* 0 not asked, 1 granted, -1 refused */
+    if (state == 0) state = syscall(SYS_arch_prctl, 0x1023, 18) == 0 ? 1 : -1;
+    return state == 1;
+}
+
+/* every tile 16 rows of 64 bytes: tiles 0-3 fp32 sums (16 x 16), 4-7 bf16 operands (16 x
+ * 32, or 16 pairs of rows x 16 columns in the VNNI layout; three for the second operand: a
+ * tile is not renamed, so a load into the one a product still reads waits for it) */
+static void amx_configure(void) {
+    struct {
+        uint8_t palette, start_row, reserved[14];
+        uint16_t colsb[16];
+        uint8_t rows[16];
+    } config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        config.colsb[t] = 64;
+        config.rows[t] = AMX_ROWS;
+    }
+    _tile_loadconfig(&config);
+}
+
+static inline __m512 bf16x16_to_f32(__m256i raw) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+/* the attend flags of columns [c0, c0 + 16) of query i as a lane mask (none at or past
+ * `span`) */
+static inline __mmask16 attend16(const uint8_t *mask, int q_len, int k_len, int i, int c0,
+                                 int span) {
+    const int n = span - c0 >= 16 ? 16 : (span - c0 > 0 ? span - c0 : 0);
+    const __mmask16 in_span = (__mmask16)((1u << n) - 1u);
+    if (mask == NULL) {
+        const __m512i columns = _mm512_add_epi32(
+            _mm512_set1_epi32(c0),
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+        return in_span &
+               _mm512_cmple_epi32_mask(columns, _mm512_set1_epi32(k_len - q_len + i));
+    }
+    const __m128i flags = _mm_maskz_loadu_epi8(in_span, mask + (size_t)i * k_len + c0);
+    return _mm512_test_epi32_mask(_mm512_cvtepu8_epi32(flags), _mm512_set1_epi32(0xff));
+}
+
+/* One head's tile of up to 16 queries (rows of `qb`, bf16, `dim` apart) against columns
+ * [0, span) of its kv head's packed keys (kp) and values (vp). s: 16 x k_pad fp32, pb: two
+ * 16 x k_pad bf16 (k_pad a multiple of 64); o: 16 x 64 fp32. Outputs to outs[r]. */
+static void tile_amx(const uint16_t *qb, int rows, int i0, const uint16_t *kp,
+                     const uint16_t *vp, int k_pad, int span, int dim, float scale,
+                     const uint8_t *mask, int q_len, int k_len, float *s, uint16_t *pb,
+                     float *o, float *const *outs) {
+    /* 64 columns a block: four score tiles, two value tiles (k_pad a multiple of 64) */
+    const int chunks = dim / 32, blocks = (span + 63) / 64;
+    /* scores of 64 columns at a time, four 16-column tiles summing q . k over the head
+     * dimension 32 at a time (four sums in flight: one would wait for each product) */
+    for (int b = 0; b < blocks; b++) {
+        const uint16_t *kb = kp + (size_t)b * 4 * chunks * 512;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int c = 0; c < chunks; c++) {
+            _tile_loadd(4, qb + 32 * c, dim * 2);
+            _tile_loadd(5, kb + (size_t)c * 512, 64);
+            _tile_loadd(6, kb + (size_t)(chunks + c) * 512, 64);
+            _tile_loadd(7, kb + (size_t)(2 * chunks + c) * 512, 64);
+            _tile_dpbf16ps(0, 4, 5);
+            _tile_dpbf16ps(1, 4, 6);
+            _tile_loadd(5, kb + (size_t)(3 * chunks + c) * 512, 64);
+            _tile_dpbf16ps(2, 4, 7);
+            _tile_dpbf16ps(3, 4, 5);
+        }
+        _tile_stored(0, s + 64 * b, k_pad * 4);
+        _tile_stored(1, s + 64 * b + 16, k_pad * 4);
+        _tile_stored(2, s + 64 * b + 32, k_pad * 4);
+        _tile_stored(3, s + 64 * b + 48, k_pad * 4);
+    }
+    /* per query: softmax's numerators over the columns it attends (zero elsewhere, up to
+     * the last value tile) as two bf16 parts, hi = e rounded and lo = the rest rounded (e -
+     * hi is exact in fp32), so that hi + lo keeps ~16 of e's 24 bits; and their fp32 sum */
+    float totals[AMX_ROWS];
+    const __m512 scale16 = _mm512_set1_ps(scale);
+    for (int r = 0; r < AMX_ROWS; r++) {
+        uint16_t *hi = pb + (size_t)r * k_pad, *lo = hi + AMX_ROWS * (size_t)k_pad;
+        if (r >= rows) { /* a missing query: zero probabilities, never stored */
+            memset(hi, 0, sizeof(uint16_t) * 64 * (size_t)blocks);
+            memset(lo, 0, sizeof(uint16_t) * 64 * (size_t)blocks);
+            totals[r] = 1.0f;
+            continue;
+        }
+        const float *sr = s + (size_t)r * k_pad;
+        __m512 top = _mm512_set1_ps(-__builtin_inff());
+        for (int b = 0; b < (span + 15) / 16; b++) {
+            const __mmask16 m = attend16(mask, q_len, k_len, i0 + r, 16 * b, span);
+            top = _mm512_mask_max_ps(top, m, top, _mm512_mul_ps(_mm512_loadu_ps(sr + 16 * b),
+                                                                scale16));
+        }
+        const __m512 top_all = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+        /* 64 columns a pass: four exponentials in flight (one is a chain of ~10 dependent
+         * operations) */
+        __m512 sums[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                          _mm512_setzero_ps()};
+        for (int b = 0; b < blocks; b++) {
+            for (int j = 0; j < 4; j++) {
+                const int c0 = 64 * b + 16 * j;
+                const __mmask16 m = attend16(mask, q_len, k_len, i0 + r, c0, span);
+                const __m512 x =
+                    _mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(sr + c0), scale16), top_all);
+                const __m512 e = _mm512_maskz_mov_ps(m, exp_nonpositive16(x));
+                const __m256i e_hi = (__m256i)_mm512_cvtneps_pbh(e);
+                const __m256i e_lo =
+                    (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(e, bf16x16_to_f32(e_hi)));
+                _mm256_storeu_si256((__m256i *)(hi + c0), e_hi);
+                _mm256_storeu_si256((__m256i *)(lo + c0), e_lo);
+                sums[j] = _mm512_add_ps(sums[j], e);
+            }
+        }
+        const __m512 total =
+            _mm512_add_ps(_mm512_add_ps(sums[0], sums[1]), _mm512_add_ps(sums[2], sums[3]));
+        totals[r] = _mm512_reduce_add_ps(total);
+    }
+    /* outputs, 64 dimensions a pass: probabilities . values over the columns, 32 at a time */
+    for (int d0 = 0; d0 < dim; d0 += 64) {
+        const size_t block = (size_t)(dim / 16) * 512; /* one value tile column block */
+        const uint16_t *vd = vp + (size_t)(d0 / 16) * 512;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int b = 0; b < 2 * blocks; b++) {
+            const uint16_t *vb = vd + (size_t)b * block;
+            _tile_loadd(4, pb + 32 * b, k_pad * 2);                             /* hi */
+            _tile_loadd(5, pb + AMX_ROWS * (size_t)k_pad + 32 * b, k_pad * 2);  /* lo */
+            _tile_loadd(6, vb, 64);
+            _tile_loadd(7, vb + 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(0, 5, 6);
+            _tile_dpbf16ps(1, 5, 7);
+            _tile_loadd(6, vb + 1024, 64);
+            _tile_loadd(7, vb + 1536, 64);
+            _tile_dpbf16ps(2, 4, 6);
+            _tile_dpbf16ps(3, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+        _tile_stored(0, o, 256);
+        _tile_stored(1, o + 16, 256);
+        _tile_stored(2, o + 32, 256);
+        _tile_stored(3, o + 48, 256);
+        for (int r = 0; r < rows; r++) {
+            const __m512 total = _mm512_set1_ps(totals[r]);
+            for (int j = 0; j < 64; j += 16)
+                _mm512_storeu_ps(outs[r] + d0 + j,
+                                 _mm512_div_ps(_mm512_loadu_ps(o + r * 64 + j), total));
+        }
+    }
+}
+
+/* newsdesk_prefill_attention on AMX tiles (a bf16 cache, dim a multiple of 64): -1 where it
+ * cannot run (no AMX permission, scratch), and the caller takes the loops. */
+static int prefill_amx(const float *q, const uint16_t *k, const uint16_t *v, long head_stride,
+                       const uint8_t *mask, float *out, int q_len, int k_len, int heads,
+                       int kv_heads, int dim, float scale, int threads) {
+    if (!amx_permitted()) return -1;
+    const int groups = heads / kv_heads;
+    const int k_pad = (k_len + 63) / 64 * 64, chunks = dim / 32;
+    /* per kv head: keys as score tiles [16-column block][32-dim chunk][16 dim pairs][16
+     * columns][2], values as output tiles [32-column block][16-dim block][16 column pairs][16
+     * dims][2]; columns past k_len zero */
+    const size_t head_size = (size_t)k_pad * dim;
+    uint16_t *kp = (uint16_t *)thread_buffer(1, sizeof(uint16_t) * 2 * kv_heads * head_size);
+    if (kp == NULL) return -1;
+    uint16_t *vp = kp + (size_t)kv_heads * head_size;
+    const int blocks = k_pad / 64;
+    const int tiles = (q_len + AMX_ROWS - 1) / AMX_ROWS;
+    int *spans = (int *)thread_buffer(2, sizeof(int) * (size_t)tiles);
+    if (spans == NULL) return -1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int item = 0; item < kv_heads * blocks; item++) {
+        const int h = item / blocks, c_begin = (item % blocks) * 64;
+        const uint16_t *kh = k + (size_t)h * head_stride, *vh = v + (size_t)h * head_stride;
+        /* keys: a column's dimension pairs as 32-bit words, word p of column c to row p % 16
+         * of chunk p / 16 of its 16-column block, at word c % 16 */
+        uint32_t *kw = (uint32_t *)(kp + (size_t)h * head_size + (size_t)c_begin * dim);
+        for (int c = 0; c < 64; c++) {
+            const uint32_t *src = (const uint32_t *)(kh + (size_t)(c_begin + c) * dim);
+            uint32_t *dst = kw + (size_t)(c / 16) * (dim / 2) * 16 + c % 16;
+            for (int p = 0; p < dim / 2; p++) dst[p * 16] = c_begin + c < k_len ? src[p] : 0;
+        }
+        /* values: two columns' 16-dimension runs interleaved, a row of a value tile */
+        const __m512i pairs = _mm512_setr_epi32(
+            0x00100000, 0x00110001, 0x00120002, 0x00130003, 0x00140004, 0x00150005, 0x00160006,
+            0x00170007, 0x00180008, 0x00190009, 0x001a000a, 0x001b000b, 0x001c000c, 0x001d000d,
+            0x001e000e, 0x001f000f);
+        uint16_t *vb = vp + (size_t)h * head_size + (size_t)c_begin * dim;
+        for (int c = 0; c < 64; c += 2) {
+            const int c0 = c_begin + c;
+            for (int d = 0; d < dim; d += 16) {
+                const __m256i a = c0 < k_len ? _mm256_loadu_si256((const __m256i *)(
+                                                   vh + (size_t)c0 * dim + d))
+                                             : _mm256_setzero_si256();
+                const __m256i b = c0 + 1 < k_len ? _mm256_loadu_si256((const __m256i *)(
+                                                       vh + (size_t)(c0 + 1) * dim + d))
+                                                 : _mm256_setzero_si256();
+                const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+                _mm512_storeu_si512(vb + ((size_t)(c / 32) * (dim / 16) + d / 16) * 512 +
+                                        (size_t)(c % 32) / 2 * 32,
+                                    _mm512_permutexvar_epi16(pairs, both));
+            }
+        }
+    }
+    /* each tile's span: up to the causal limit of its last query, or under a mask, up to the
+     * last column any of its queries attends (its last query first: usually the farthest) */
+    for (int t = 0; t < tiles; t++) {
+        const int i0 = t * AMX_ROWS, rows = q_len - i0 < AMX_ROWS ? q_len - i0 : AMX_ROWS;
+        int span = k_len - q_len + i0 + rows;
+        if (mask != NULL) {
+            span = 0;
+            for (int r = rows - 1; r >= 0; r--)
+                for (int c = k_len - 1; c >= span; c--)
+                    if (mask[(size_t)(i0 + r) * k_len + c]) {
+                        span = c + 1;
+                        break;
+                    }
+        }
+        spans[t] = span;
+    }
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        const size_t scratch = sizeof(float) * AMX_ROWS * (size_t)k_pad +
+                               sizeof(uint16_t) * AMX_ROWS * (2 * (size_t)k_pad + dim) +
+                               sizeof(float) * AMX_ROWS * 64;
+        char *mem = (char *)malloc(scratch);
+        if (mem == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            amx_configure();
+        }
+        float *s = (float *)mem;
+        uint16_t *pb = (uint16_t *)(s + AMX_ROWS * (size_t)k_pad);
+        uint16_t *qb = pb + 2 * AMX_ROWS * (size_t)k_pad;
+        float *o = (float *)(qb + AMX_ROWS * (size_t)dim);
+#pragma omp for schedule(dynamic, 1)
+        for (int item = 0; item < heads * tiles; item++) {
+            if (mem == NULL) continue;
+            const int head = item / tiles, i0 = (item % tiles) * AMX_ROWS;
+            const int rows = q_len - i0 < AMX_ROWS ? q_len - i0 : AMX_ROWS;
+            const int span = spans[item % tiles];
+            float *outs[AMX_ROWS];
+            for (int r = 0; r < AMX_ROWS; r++) {
+                uint16_t *qr = qb + (size_t)r * dim;
+                if (r >= rows) {
+                    memset(qr, 0, sizeof(uint16_t) * (size_t)dim);
+                    continue;
+                }
+                const float *src = q + ((size_t)head * q_len + i0 + r) * dim;
+                for (int d = 0; d < dim; d += 16)
+                    _mm256_storeu_si256((__m256i *)(qr + d),
+                                        (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + d)));
+                outs[r] = out + ((size_t)(i0 + r) * heads + head) * dim;
+            }
+            const int kv = head / groups;
+            tile_amx(qb, rows, i0, kp + (size_t)kv * head_size, vp + (size_t)kv * head_size,
+                     k_pad, span, dim, scale, mask, q_len, k_len, s, pb, o, outs);
+        }
+        if (mem != NULL) _tile_release();
+        free(mem);
+    }
+    return failed ? -1 : 0;
+}
+#endif
+
 /* q:    (heads, q_len, dim) fp32
  * k, v: the row's keys and values, bf16 or fp32 (kv_bf16), head h's column c at
  *       [h * head_stride + c * dim]
  * mask: (q_len, k_len) bytes, nonzero where query i attends column c; NULL: causal with the
  *       last query on the last column
- * out:  (q_len, heads, dim) fp32 */
+ * out:  (q_len, heads, dim) fp32
+ * amx:  on AMX tiles where they run (a bf16 cache, dim a multiple of 64; see above), else
+ *       the loops */
 int newsdesk_prefill_attention(const float *q, const void *k, const void *v, long head_stride,
                                const uint8_t *mask, float *out, int q_len, int k_len, int heads,
-                               int kv_heads, int dim, float scale, int threads, int kv_bf16) {
+                               int kv_heads, int dim, float scale, int threads, int kv_bf16,
+                               int amx) {
     if (kv_heads <= 0 || heads % kv_heads != 0 || dim % LANES != 0 || dim > MAX_DIM ||
         q_len <= 0 || k_len <= 0 || (mask == NULL && q_len > k_len))
         return -1;
+#if defined(NEWSDESK_AMX)
+    if (amx && kv_bf16 && dim % 64 == 0 &&
+        prefill_amx(q, (const uint16_t *)k, (const uint16_t *)v, head_stride, mask, out, q_len,
+                    k_len, heads, kv_heads, dim, scale, threads) == 0)
+        return 0;
+#else
+    (void)amx;
+#endif
     const int groups = heads / kv_heads;
     const int k_pad = (k_len + LANES - 1) / LANES * LANES;
     /* per kv head: keys transposed (dim, k_pad) and values (k_len, dim), fp32 */
@@ -813,4 +1152,14 @@ int newsdesk_prefill_attention(const float *q, const void *k, const void *v, lon
         free(s);
     }
     return failed ? -1 : 0;
+}
+
+/* 1 where newsdesk_prefill_attention's `amx` runs on AMX tiles here (built with AMX, and the
+ * kernel lets this process use them), else 0 */
+int newsdesk_amx_attention(void) {
+#if defined(NEWSDESK_AMX)
+    return amx_permitted();
+#else
+    return 0;
+#endif
 }

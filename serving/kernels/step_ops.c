@@ -254,3 +254,55 @@ int newsdesk_rope_store(const void *q, const void *k, const void *v, long q_stri
     }
     return 0;
 }
+
+/* ---- SiLU(gate) * up of a bf16 model's MLP ---------------------------------------------------
+ *
+ * PyTorch computes the two as two passes over the rows (F.silu, then the product), each
+ * rounded to bf16: ~0.25 ms a layer of a 436-token prompt here. SiLU of a bf16 value has one
+ * bf16 result, so the engine builds the 65536-entry table of PyTorch's own F.silu at load
+ * (`silu`: PyTorch's bits by construction, whatever its exp), and this reads it: out =
+ * bf16(float(silu[gate]) * float(up)), the product exact in fp32 and rounded to nearest even
+ * as ATen's vectorized bf16 ops round (a NaN to 0xffff). */
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
+
+INLINE uint16_t to_bf16_vectorized(float f) {
+    return f != f ? (uint16_t)0xffffu : to_bf16(f);
+}
+
+/* gate, up: (rows, n) bf16, rows `ld` elements apart (the halves of one gate/up matmul);
+ * silu: 65536 + 2 entries (the vector loop reads 4 bytes at an entry); out: (rows, n) */
+void newsdesk_silu_mul(const uint16_t *silu, const uint16_t *gate, const uint16_t *up, long ld,
+                       uint16_t *out, int rows, int n, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (rows >= PARALLEL_ROWS)
+    for (int r = 0; r < rows; r++) {
+        const uint16_t *g = gate + (size_t)r * ld, *u = up + (size_t)r * ld;
+        uint16_t *o = out + (size_t)r * n;
+        int i = 0;
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+        for (; i + 16 <= n; i += 16) {
+            const __m512i index =
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(g + i)));
+            const __m512i s = _mm512_i32gather_epi32(index, (const void *)silu, 2);
+            const __m512 p = _mm512_mul_ps(
+                _mm512_castsi512_ps(_mm512_slli_epi32(s, 16)),
+                _mm512_castsi512_ps(_mm512_slli_epi32(
+                    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(u + i))), 16)));
+            /* vcvtneps2bf16 rounds to nearest even, but flushes subnormals to zero and keeps
+             * a NaN's payload: such lanes (rare) are rounded one at a time */
+            const __mmask16 odd =
+                _mm512_cmp_ps_mask(_mm512_abs_ps(p), _mm512_set1_ps(1.17549435e-38f),
+                                   _CMP_NGE_UQ) &
+                _mm512_cmp_ps_mask(p, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+            _mm256_storeu_si256((__m256i *)(o + i), (__m256i)_mm512_cvtneps_pbh(p));
+            if (odd)
+                for (int j = 0; j < 16; j++)
+                    if (odd >> j & 1)
+                        o[i + j] = to_bf16_vectorized(from_bf16(silu[g[i + j]]) *
+                                                      from_bf16(u[i + j]));
+        }
+#endif
+        for (; i < n; i++) o[i] = to_bf16_vectorized(from_bf16(silu[g[i]]) * from_bf16(u[i]));
+    }
+}

@@ -56,15 +56,43 @@ def open_library(path: Path) -> ctypes.CDLL:
         + [ctypes.c_void_p] * 3
         + [ctypes.c_int] * 9
     )
+    fn = library.newsdesk_silu_mul
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long, ctypes.c_void_p] + [ctypes.c_int] * 3
     return library
 
 
 @dataclass(frozen=True)
 class StepOps:
-    """The compiled operations and the vector width of PyTorch's sums on this machine."""
+    """The compiled operations and the vector width of PyTorch's sums on this machine;
+    ``silu``: the table of PyTorch's bf16 SiLU for :meth:`silu_mul` (None where the fused
+    product does not give PyTorch's bits here: the step keeps F.silu and the product)."""
 
     library: ctypes.CDLL
     lanes: int
+    silu: torch.Tensor | None = None
+
+    def silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """``F.silu(gate) * up`` of a bf16 model's MLP (``gate`` and ``up`` the halves of one
+        ``(..., 2n)`` matmul, or any two ``(..., n)`` tensors with the same row stride), in one
+        pass: PyTorch's bits (``step_ops.c``)."""
+        assert self.silu is not None and gate.dtype == up.dtype == torch.bfloat16
+        n = gate.shape[-1]
+        gate2, up2 = gate.reshape(-1, n), up.reshape(-1, n)
+        if not (gate2.stride(-1) == up2.stride(-1) == 1 and gate2.stride(0) == up2.stride(0)):
+            gate2, up2 = gate2.contiguous(), up2.contiguous()
+        out = torch.empty(gate.shape, dtype=torch.bfloat16)
+        self.library.newsdesk_silu_mul(
+            self.silu.data_ptr(),
+            gate2.data_ptr(),
+            up2.data_ptr(),
+            gate2.stride(0),
+            out.data_ptr(),
+            gate2.shape[0],
+            n,
+            torch.get_num_threads(),
+        )
+        return out
 
     def add_rmsnorm(
         self, hidden: torch.Tensor, delta: torch.Tensor | None, norm: torch.nn.Module
@@ -261,9 +289,33 @@ def _rope_agrees(
     )
 
 
+def _silu_table() -> torch.Tensor:
+    """PyTorch's F.silu of every bf16 value, by bits (and two entries the vector loop may
+    read past the last)."""
+    every = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    return torch.cat([torch.nn.functional.silu(every), torch.zeros(2, dtype=torch.bfloat16)])
+
+
+def _silu_mul_agrees(ops: StepOps) -> bool:
+    """:meth:`StepOps.silu_mul` gives ``F.silu(gate) * up`` bit for bit with every bf16 value
+    as a gate (subnormals, infinities and NaNs included), on strided halves of one tensor as
+    the MLP's matmul gives them, at a decode step's rows and a prompt's."""
+    generator = torch.Generator().manual_seed(3)
+    every = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    for rows, n in ((256, 256), (5, 1536), (40, 100)):
+        both = torch.randn((rows, 2 * n), generator=generator).to(torch.bfloat16)
+        both[:, :n] = every[: rows * n].reshape(rows, n) if rows * n <= 65536 else both[:, :n]
+        gate, up = both.split(n, -1)
+        want = torch.nn.functional.silu(gate) * up
+        if not torch.equal(ops.silu_mul(gate, up).view(torch.int16), want.view(torch.int16)):
+            return False
+    return True
+
+
 @functools.cache
 def load() -> StepOps | None:
-    """The compiled operations where they give PyTorch's bits here, else None (logged once)."""
+    """The compiled operations where they give PyTorch's bits here, else None (logged once).
+    The fused SiLU product is checked on its own: without it the other operations stay."""
     library = kernels.open_built(SOURCE, FLAGS, open_library, "PyTorch's ops instead")
     if library is None:
         return None
@@ -275,4 +327,8 @@ def load() -> StepOps | None:
             torch.__version__,
         )
         return None
-    return ops
+    fused = StepOps(library, lanes, _silu_table())
+    if not _silu_mul_agrees(fused):
+        log.warning("the fused SiLU product does not give PyTorch's bits here: F.silu instead")
+        return ops
+    return fused
