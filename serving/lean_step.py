@@ -241,7 +241,8 @@ def rows_logits(
     return torch.cat([model.lm_head(hidden[i : i + 1, -1:, :])[:, -1, :] for i in range(rows)])
 
 
-# rates_together's verdicts per model and pass length (probed once: shapes decide, not values)
+# rates_together's verdicts per model, by pass length and the first layer's modules (an
+# adapter wraps them: another matmul path), probed once: shapes decide, not values
 _TOGETHER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -253,9 +254,12 @@ def rates_together(model: torch.nn.Module, length: int = 42) -> bool:
     follows the row count: on the AMX Xeon of 2026-12-01, 576 x 576 and the MLP's shapes
     moved), where its AVX-512 ones did; a row is then rated alone."""
     verdicts = _TOGETHER.setdefault(model, {})
-    if length not in verdicts:
-        verdicts[length] = _shares_bits(model, length)
-    return verdicts[length]
+    decoder = model.model.layers[0]
+    key = (length, *map(id, (decoder.self_attn.q_proj, decoder.self_attn.o_proj)),
+           *map(id, (decoder.mlp.gate_proj, decoder.mlp.down_proj)))  # fmt: skip
+    if key not in verdicts:
+        verdicts[key] = _shares_bits(model, length)
+    return verdicts[key]
 
 
 def _shares_bits(model: torch.nn.Module, length: int) -> bool:

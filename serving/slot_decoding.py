@@ -398,12 +398,12 @@ class SlotBatch:
             )
             for slot in ended
         }
-        groups: dict[object, list[int]] = {}
+        groups: dict[tuple[str, int], list[int]] = {}
         for slot, rated in passes.items():
             length = rated.input_ids.shape[1]
             # one group per length where the matmuls keep each row's bits, else one per row
-            key = length if lean_step.rates_together(self.model, length) else slot
-            groups.setdefault(key, []).append(slot)
+            together = lean_step.rates_together(self.model, length)
+            groups.setdefault(("length", length) if together else ("row", slot), []).append(slot)
         ratings = {}
         for slots in groups.values():
             logits = lean_step.rows_logits(

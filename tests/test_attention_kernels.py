@@ -221,7 +221,7 @@ needs_amx = pytest.mark.skipif(not kernels.amx_available(), reason="no AMX on th
 @needs_amx
 @pytest.mark.parametrize("dim", [64, 128])
 @pytest.mark.parametrize(("q_len", "cached", "padding"), [(436, 76, 14), (42, 500, 100), (9, 0, 0)])
-def test_prefill_on_amx_tiles_is_bf16_attention(
+def test_prefill_on_amx_tiles_is_close_to_the_loops(
     q_len: int, cached: int, padding: int, dim: int
 ) -> None:
     """On AMX each probability is two bf16 parts (~16 bits): the outputs are within a few
@@ -262,6 +262,26 @@ def test_prefill_on_amx_tiles_keeps_a_querys_bits_whatever_its_company() -> None
     poisoned_k[:, :, 50:60], poisoned_v[:, :, 50:60] = 1e4, -3e38  # the padding columns
     again = kernels.prefill_attention(query, poisoned_k, poisoned_v, mask, 0.125, amx=True)
     assert again is not None and torch.equal(again, whole)
+
+
+def test_the_profiles_choice_reaches_every_attention_module() -> None:
+    """use_engine_attention records cpu.amx_attention on each attention block (what the
+    attention function and the lean step read), and never with the kernels off."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from serving.attention import use_engine_attention, uses_amx
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    blocks = [layer.self_attn for layer in model.model.layers]
+    cases = ((True, True, True), (True, False, False), (False, True, False))
+    for use_kernels, amx, expected in cases:
+        use_engine_attention(model, use_kernels=use_kernels, amx=amx)
+        assert [uses_amx(block) for block in blocks] == [expected] * len(blocks)
+    assert not uses_amx(model.model)  # only attention blocks carry it
 
 
 def test_amx_is_asked_only_where_it_applies() -> None:

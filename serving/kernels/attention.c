@@ -741,10 +741,10 @@ static void tile_avx2(const float *const *qs, int rows, const float *kth, const 
  * it). The softmax stays fp32; for the second product each numerator e is split into two
  * bf16 parts, hi = e rounded and lo = (e - hi) rounded (e - hi is exact), and both are
  * multiplied with the values (two products a tile): hi + lo keeps ~16 of e's 24 bits where
- * rounding it to bf16 (vLLM's and PyTorch's bf16 attention) keeps 8 (tried first: 73 of 300
- * Lee summaries changed against the loops, and more of the changed ones read worse). Each
- * output is divided by its numerators' fp32 sum. Not the loops' bits, but within a few fp32
- * roundings of them (docs/benchmarks.md has the distance); asked for by the caller (`amx`,
+ * rounding it to bf16 (vLLM's and PyTorch's bf16 attention; tried first) keeps 8: errors of
+ * ~1e-6 instead of ~1e-3 against exact attention, for ~7% more time. Each output is divided
+ * by its numerators' fp32 sum. Not the loops' bits, but within a few fp32 roundings of them
+ * (docs/benchmarks.md has the summaries' distance); asked for by the caller (`amx`,
  * cpu.amx_attention).
  *
  * Batch invariance holds as in the loops: an output element of a tile product depends on its
