@@ -248,14 +248,16 @@ _TOGETHER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def rates_together(model: torch.nn.Module, length: int = 42) -> bool:
     """Whether :func:`rows_logits` may share the matmuls of several rows' passes of ``length``
-    positions on this CPU: each matmul of the model's first layer (as the forward calls it)
-    gives a pass's rows the bits they get alone in a block of 2, 5 or 16 passes, first or
-    last in it, on probe data. oneDNN's bf16 matmuls on AMX tiles do not (their blocking
-    follows the row count: on the AMX Xeon of 2026-12-01, 576 x 576 and the MLP's shapes
-    moved), where its AVX-512 ones did; a row is then rated alone."""
+    positions on this CPU: each matmul of the model's first layer (as the forward calls it,
+    in a decode step's matmuls or not: :func:`serving.packed_linear.decode_rows`) gives a
+    pass's rows the bits they get alone in a block of 2, 5 or 16 passes, first or last in
+    it, on probe data. oneDNN's bf16 matmuls on AMX tiles do not (their blocking follows the
+    row count: on the AMX Xeon of 2026-12-01, 576 x 576 and the MLP's shapes moved), where its
+    AVX-512 ones did; the engine's own AMX matmul does. Otherwise a row is rated alone."""
     verdicts = _TOGETHER.setdefault(model, {})
     decoder = model.model.layers[0]
-    key = (length, *map(id, (decoder.self_attn.q_proj, decoder.self_attn.o_proj)),
+    key = (length, packed_linear.in_decode_rows(),
+           *map(id, (decoder.self_attn.q_proj, decoder.self_attn.o_proj)),
            *map(id, (decoder.mlp.gate_proj, decoder.mlp.down_proj)))  # fmt: skip
     if key not in verdicts:
         verdicts[key] = _shares_bits(model, length)

@@ -60,7 +60,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from serving.kernels import fp16_weights
+from serving.kernels import amx_matmul, fp16_weights
 
 # the rows oneDNN is told to expect; any row count runs on the same layout (measured: 2-16
 # decode rows and 500-row prefills within noise of layouts made for them)
@@ -102,8 +102,9 @@ _DECODE_ROWS = contextvars.ContextVar("newsdesk_decode_rows", default=False)
 def decode_rows() -> Iterator[None]:
     """The matmuls run in this context are a decode step's: weights packed with fp16 panels
     (:func:`pack_linears` with ``fp16_panels``) run on them (:mod:`serving.kernels.fp16_weights`:
-    half the bytes read); prompts and rating passes, outside it, run oneDNN's fp32 matmul on
-    the same values."""
+    half the bytes read), bf16 weights packed with AMX tiles (``amx_tiles``) on those
+    (:mod:`serving.kernels.amx_matmul`: a row's bits at any row count); prompts and rating
+    passes, outside it, run oneDNN's matmul on the same values."""
     token = _DECODE_ROWS.set(True)
     try:
         yield
@@ -111,17 +112,41 @@ def decode_rows() -> Iterator[None]:
         _DECODE_ROWS.reset(token)
 
 
+# the decode-step layouts a weight may have besides oneDNN's: fp16 panels (an fp32 model's
+# weights) or AMX tiles (a bf16 model's)
+StepLayout = fp16_weights.Panels | amx_matmul.Tiles
+
+
+def in_decode_rows() -> bool:
+    """Whether the matmuls called now are a decode step's (:func:`decode_rows`)."""
+    return _DECODE_ROWS.get()
+
+
 def _product(
     x: torch.Tensor,
     packed: torch.Tensor,
-    panels: fp16_weights.Panels | None,
+    panels: StepLayout | None,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     if panels is not None and _DECODE_ROWS.get():
-        kernel = fp16_weights.load()
-        assert kernel is not None  # panels are made only where it loads
-        return kernel.matmul(x, panels, bias)
+        kernel = fp16_weights.load() if type(panels) is fp16_weights.Panels else amx_matmul.load()
+        assert kernel is not None  # panels and tiles are made only where their kernel loads
+        return kernel.matmul(x, panels, bias)  # type: ignore[arg-type]
     return _matmul(x, packed, bias)
+
+
+def _step_layout(
+    weight: torch.Tensor,
+    kernel: fp16_weights.Fp16Weights | None,
+    amx: amx_matmul.AmxMatmul | None,
+) -> StepLayout | None:
+    """``weight``'s decode-step layout: fp16 panels with ``kernel`` (an fp32 weight holding
+    fp16 values), AMX tiles with ``amx`` (a bf16 weight of the shapes it takes), else None."""
+    if kernel is not None:
+        return kernel.pack(weight)
+    if amx is not None and amx.fits(weight):
+        return amx.pack(weight)
+    return None
 
 
 class _Siblings:
@@ -130,12 +155,15 @@ class _Siblings:
     takes its columns once; a member called on another input (or twice) runs it again."""
 
     def __init__(
-        self, members: list[PackedLinear], kernel: fp16_weights.Fp16Weights | None
+        self,
+        members: list[PackedLinear],
+        kernel: fp16_weights.Fp16Weights | None,
+        amx: amx_matmul.AmxMatmul | None = None,
     ) -> None:
         self.members = tuple(members)
         weight = torch.cat([m.weight for m in members])
         self.packed = _pack(weight)
-        self.panels = kernel.pack(weight) if kernel is not None else None
+        self.panels = _step_layout(weight, kernel, amx)
         biases = [m.bias for m in members]
         self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])  # type: ignore[union-attr]
         self.sizes = [m.out_features for m in members]
@@ -163,15 +191,20 @@ class PackedLinear(nn.Linear):
     as a member of :class:`_Siblings`)."""
 
     _packed: torch.Tensor | None = None
-    _panels: fp16_weights.Panels | None = None
+    _panels: StepLayout | None = None  # fp16 panels or AMX tiles, for decode steps
     _siblings: tuple[_Siblings, int] | None = None
     _dtype: torch.dtype | None = None  # the weight's, when packed (read without __getattr__)
 
-    def pack(self, kernel: fp16_weights.Fp16Weights | None = None) -> None:
-        """oneDNN's layout, and with ``kernel`` fp16 panels for decode steps as well."""
+    def pack(
+        self,
+        kernel: fp16_weights.Fp16Weights | None = None,
+        amx: amx_matmul.AmxMatmul | None = None,
+    ) -> None:
+        """oneDNN's layout, and for decode steps as well fp16 panels with ``kernel`` or AMX
+        tiles with ``amx``."""
         self._dtype = self.weight.dtype
         self._packed = _pack(self.weight)
-        self._panels = kernel.pack(self.weight) if kernel is not None else None
+        self._panels = _step_layout(self.weight, kernel, amx)
         self._siblings = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,13 +261,16 @@ def linear_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
-def pack_linears(model: nn.Module, fp16_panels: bool = False) -> int:
+def pack_linears(model: nn.Module, fp16_panels: bool = False, amx_tiles: bool = False) -> int:
     """Pack every bf16 or fp32 CPU Linear of ``model`` in place (LoRA's own small layers excepted:
     they stay plain); returns how many. Packs again the ones packed before (weights may have
     changed: a merged adapter). ``fp16_panels``: fp32 weights that hold fp16 values
     (:func:`round_to_fp16`'s) also get fp16 panels for decode steps (:func:`decode_rows`), where
-    the kernel builds here: prompts and steps read the same values."""
+    the kernel builds here: prompts and steps read the same values. ``amx_tiles``: bf16 weights
+    also get AMX tiles for decode steps, where the CPU runs them
+    (:mod:`serving.kernels.amx_matmul`)."""
     kernel = fp16_weights.load() if fp16_panels else None
+    amx = amx_matmul.load() if amx_tiles else None
     count = 0
     for name, module in model.named_modules():
         if type(module) not in (nn.Linear, PackedLinear) or "lora_" in name:
@@ -244,17 +280,17 @@ def pack_linears(model: nn.Module, fp16_panels: bool = False) -> int:
             continue
         module.__class__ = PackedLinear
         panels = kernel is not None and _holds_fp16(weight)
-        module.pack(kernel if panels else None)  # type: ignore[attr-defined]
+        module.pack(kernel if panels else None, amx)  # type: ignore[attr-defined]
         count += 1
-    _fuse_siblings(model, kernel)
+    _fuse_siblings(model, kernel, amx)
     return count
 
 
 def steps_read_panels(model: nn.Module) -> bool:
-    """Every Linear of ``model`` runs a decode step's matmul on fp16 panels (its own or its
-    sibling group's): each output row is then its own fixed chain of sums at one row as at
-    many, so a lone row needs no idle neighbour (serving.slot_decoding). False with a LoRA
-    layer (PEFT's own Linears run ``F.linear``) or any Linear without panels."""
+    """Every Linear of ``model`` runs a decode step's matmul on fp16 panels or AMX tiles (its
+    own or its sibling group's): each output row is then its own fixed chain of sums at one
+    row as at many, so a lone row needs no idle neighbour (serving.slot_decoding). False with
+    a LoRA layer (PEFT's own Linears run ``F.linear``) or any Linear without them."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return bool(linears) and all(
         type(m) is PackedLinear
@@ -263,6 +299,18 @@ def steps_read_panels(model: nn.Module) -> bool:
         )
         for m in linears
     )
+
+
+def steps_read_tiles(model: nn.Module) -> bool:
+    """:func:`steps_read_panels`, with AMX tiles (not fp16 panels) for every Linear: matmuls
+    that then keep a row's bits at any row count in :func:`decode_rows`, at a few hundred rows
+    as fast as oneDNN's (rating passes run there: serving.slot_decoding)."""
+    layouts = [
+        m._panels if m._siblings is None else m._siblings[0].panels
+        for m in model.modules()
+        if type(m) is PackedLinear
+    ]
+    return steps_read_panels(model) and all(type(t) is amx_matmul.Tiles for t in layouts)
 
 
 @torch.no_grad()
@@ -297,7 +345,11 @@ def _holds_fp16(weight: torch.Tensor) -> bool:
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
-def _fuse_siblings(model: nn.Module, kernel: fp16_weights.Fp16Weights | None = None) -> int:
+def _fuse_siblings(
+    model: nn.Module,
+    kernel: fp16_weights.Fp16Weights | None = None,
+    amx: amx_matmul.AmxMatmul | None = None,
+) -> int:
     """Pack each block's :data:`SIBLINGS` as one matrix (their own packed copies dropped);
     returns how many groups."""
     groups = 0
@@ -312,9 +364,13 @@ def _fuse_siblings(model: nn.Module, kernel: fp16_weights.Fp16Weights | None = N
                 continue
             if len({m.bias is None for m in members}) != 1:
                 continue
-            # panels for the group where each member got its own (pack_linears just packed them)
-            halves = kernel is not None and all(m._panels is not None for m in members)  # type: ignore[union-attr]
-            group = _Siblings(members, kernel if halves else None)  # type: ignore[arg-type]
+            # panels or tiles for the group where each member got its own (just packed)
+            own = all(m._panels is not None for m in members)  # type: ignore[union-attr]
+            group = _Siblings(
+                members,  # type: ignore[arg-type]
+                kernel if own and kernel is not None else None,
+                amx if own and kernel is None else None,
+            )
             for index, member in enumerate(members):
                 member._packed = member._panels = None  # type: ignore[union-attr]
                 member._siblings = (group, index)  # type: ignore[union-attr]

@@ -131,6 +131,14 @@ class CpuOptions(BaseModel):
         "~2x a prompt's attention): batch-invariant, within a few fp32 roundings of the fp32 "
         "loops but not their bits (distance in docs/benchmarks.md). Elsewhere nothing changes.",
     )
+    amx_matmul: bool = Field(
+        default=True,
+        description="With packed_weights, a bf16 model on a CPU with AMX: decode steps' "
+        "matmuls in the engine's AMX kernel (serving/kernels/amx_matmul.c) instead of oneDNN's: "
+        "a row's bits at any row count, so a lone row steps alone; a second copy of the "
+        "weights. Not oneDNN's bits (distance in docs/benchmarks.md). Elsewhere nothing "
+        "changes.",
+    )
     lean_decode_step: bool = Field(
         default=True,
         description="Decode steps of a LLaMA model call its modules directly, without "

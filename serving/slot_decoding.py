@@ -26,12 +26,13 @@ leaving need:
 - active rows are rows ``[0, n)``: a row that ends is replaced by the last active one (its keys,
   values and state moved), so a step is one contiguous batch; a lone row steps beside an idle
   row (bf16 gemm vs the gemv of a one-row matmul, see :mod:`serving.decoding`), except where
-  every matmul of a step reads fp16 panels (:func:`serving.packed_linear.steps_read_panels`),
-  whose sums do not depend on the row count.
+  every matmul of a step reads fp16 panels or AMX tiles
+  (:func:`serving.packed_linear.steps_read_panels`), whose sums do not depend on the row count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -212,8 +213,11 @@ class SlotBatch:
         # and its adds, norms, rotary embeddings and cache writes in C where that is exact here
         self.step_ops = lean_step.step_ops_for(model, dtype) if self.lean and step_kernels else None
         # a lone row steps beside an idle one for oneDNN's sake (its one-row matmul rounds
-        # otherwise); where every matmul of a step reads fp16 panels, it steps alone
+        # otherwise); where every matmul of a step reads fp16 panels or AMX tiles, it steps alone
         self.lone_row_alone = packed_linear.steps_read_panels(model)
+        # rating passes on a step's AMX tiles too, whose rows keep their bits in any block
+        # (oneDNN's AMX matmuls do not: rows could not share their matmuls)
+        self.rates_in_steps = packed_linear.steps_read_tiles(model)
 
     # --- admission --------------------------------------------------------------------------
 
@@ -371,8 +375,19 @@ class SlotBatch:
         rows whose passes have the same length (all but a row with an empty summary) run as
         one batch of matmuls (:func:`serving.lean_step.rows_logits`: the bits each gets
         alone) where this CPU's matmuls allow it (:func:`serving.lean_step.rates_together`):
-        at 8 rows ending together, one read of the weights instead of eight."""
+        at 8 rows ending together, one read of the weights instead of eight. Where a step's
+        matmuls run on AMX tiles the passes do too (``rates_in_steps``)."""
         assert self.rating_suffix is not None and self.score_ids is not None
+        with packed_linear.decode_rows() if self.rates_in_steps else contextlib.nullcontext():
+            return self._rate_rows(ended)
+
+    def shares_rating_matmuls(self, length: int) -> bool:
+        """Whether rating passes of ``length`` positions that end together share their
+        matmuls here (:func:`serving.lean_step.rates_together`, on the matmuls they run on)."""
+        with packed_linear.decode_rows() if self.rates_in_steps else contextlib.nullcontext():
+            return lean_step.rates_together(self.model, length)
+
+    def _rate_rows(self, ended: list[int]) -> dict[int, torch.Tensor]:
         if self.step_ops is None:  # one row at a time, the model over the row's view
             return {
                 slot: rate_row(

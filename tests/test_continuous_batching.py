@@ -173,7 +173,7 @@ def test_compiled_prompt_and_rating_passes_give_the_models_own_bits(
     # (a rating pass starts after the prompt's columns)
     end = engine.profile.max_prompt_tokens
     rating = [(rows, length) for rows, length, start in calls if start >= end]
-    together = lean_step.rates_together(engine.decoder.model, rating[0][1])
+    together = _slots(engine, 3).shares_rating_matmuls(rating[0][1])
     assert any(rows >= 2 for rows, _ in rating) == together, (calls, together)
 
 

@@ -129,7 +129,7 @@ def finish(
             packed_linear.round_to_fp16(model)
         if profile.cpu.packed_weights and packed_linear.available():
             # again after every adapter change: a merged adapter changed the weights
-            packed_linear.pack_linears(model, fp16_panels=rounded)
+            packed_linear.pack_linears(model, fp16_panels=rounded, amx_tiles=profile.cpu.amx_matmul)
     return model, deepspeed_engine
 
 

@@ -1,8 +1,10 @@
 """The engine's own CPU kernels: attention over the slot KV cache (``attention.c``, whose
 comments say what each computes and why it is batch-invariant): decode steps (one query per
 row, :func:`decode_attention`) and one row's prefill or rating pass (:func:`prefill_attention`).
-A step's adds, norms, rotary embeddings and cache writes are the other C file here
-(:mod:`serving.kernels.step_ops`), built the same way (:func:`build`).
+A step's adds, norms, rotary embeddings and cache writes (:mod:`serving.kernels.step_ops`), its
+matmuls on fp16 weights for fp32 models (:mod:`serving.kernels.fp16_weights`) and on AMX tiles
+for bf16 models (:mod:`serving.kernels.amx_matmul`) are the other C files here, built the
+same way (:func:`build`).
 
 PyTorch has no CPU attention that is both batch-invariant and fast here: its SDPA splits work
 by batch size, two batched matmuls read an fp32 cache through small-M gemms at ~14 GB/s, and

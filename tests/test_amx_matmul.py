@@ -1,0 +1,168 @@
+"""A bf16 model's decode-step matmuls on AMX tiles (serving/kernels/amx_matmul.c, profile option
+``cpu.amx_matmul``): the kernel's products, a row's bits whatever the row count and threads,
+the packed Linears running it in decode steps only, and a tiny bf16 LLaMA decoding a row the
+same alone (no idle neighbour) as among five. Skipped on CPUs without AMX (where the option
+changes nothing: the last test checks that on any CPU)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from serving import kernels, packed_linear
+from serving.kernels import amx_matmul
+
+needs_amx = pytest.mark.skipif(
+    not kernels.available() or amx_matmul.load() is None, reason="no AMX on this CPU"
+)
+pytestmark = [pytest.mark.unit]
+
+
+def _random(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=generator) * scale).to(torch.bfloat16)
+
+
+@needs_amx
+@pytest.mark.parametrize(("n", "k"), [(960, 576), (576, 1536), (3072, 576), (49152 // 16, 576)])
+def test_the_product_is_x_times_the_weights(n: int, k: int) -> None:
+    ops = amx_matmul.load()
+    assert ops is not None
+    w, x, b = _random((n, k), n, 0.05), _random((23, k), k), _random((n,), 1)
+    got = ops.matmul(x, ops.pack(w), b)
+    assert got.dtype == torch.bfloat16 and got.shape == (23, n)
+    want = x.double() @ w.double().T + b.double()
+    # fp32 sums, one rounding to bf16 (2^-9 relative)
+    assert torch.allclose(got.double(), want, rtol=2**-8, atol=1e-3)
+
+
+@needs_amx
+def test_a_rows_bits_do_not_depend_on_the_row_count_or_the_threads() -> None:
+    ops = amx_matmul.load()
+    assert ops is not None
+    tiles = ops.pack(_random((576, 1536), 2, 0.05))
+    x = _random((45, 1536), 3)  # blocks of 16, a partial last one
+    whole = ops.matmul(x, tiles)
+    for first, count in ((0, 1), (7, 1), (0, 2), (3, 8), (0, 16), (14, 5), (16, 29), (40, 5)):
+        part = ops.matmul(x[first : first + count].clone(), tiles)
+        assert torch.equal(part, whole[first : first + count]), (first, count)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert torch.equal(ops.matmul(x, tiles), whole)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _block() -> nn.Module:
+    block = nn.Module()
+    for name, (n, k) in {
+        "q_proj": (64, 64), "k_proj": (32, 64), "v_proj": (32, 64), "o_proj": (64, 64),
+    }.items():  # fmt: skip
+        layer = nn.Linear(k, n, bias=False).to(torch.bfloat16)
+        layer.weight.data = _random((n, k), n + k, 0.1)
+        setattr(block, name, layer)
+    return block
+
+
+@needs_amx
+@torch.inference_mode()
+def test_packed_linears_read_the_tiles_in_decode_steps_only() -> None:
+    ops = amx_matmul.load()
+    assert ops is not None
+    block = _block()
+    plain = {name: m.weight.clone() for name, m in block.named_children()}
+    assert packed_linear.pack_linears(block, amx_tiles=True) == 4
+    assert packed_linear.steps_read_panels(block)  # a lone row may step alone
+    x = _random((6, 64), 10)
+    for name, weight in plain.items():
+        module = getattr(block, name)
+        with packed_linear.decode_rows():
+            in_step = module(x)
+        # a sibling's columns of the group's tiles are its own tiles' bits
+        assert torch.equal(in_step, ops.matmul(x, ops.pack(weight))), name
+        outside = module(x)  # oneDNN's bf16 matmul on the same weights outside a step
+        assert torch.allclose(outside.float(), in_step.float(), rtol=2**-7, atol=1e-2)
+    group = (block.q_proj, block.k_proj, block.v_proj)
+    with packed_linear.decode_rows():
+        fused = packed_linear.sibling_outputs(group, x)
+        called = [m(x) for m in group]
+    assert fused is not None and all(map(torch.equal, fused, called))
+    for context in (packed_linear.decode_rows, contextlib.nullcontext):
+        with context():
+            assert torch.equal(packed_linear.linear_output(block.o_proj, x), block.o_proj(x))
+    # without amx_tiles there are none, and a step runs oneDNN's
+    packed_linear.pack_linears(block)
+    assert not packed_linear.steps_read_panels(block)
+    with packed_linear.decode_rows():
+        assert torch.equal(block.o_proj(x), packed_linear._matmul(x, block.o_proj._packed, None))
+
+
+@needs_amx
+def test_weights_it_does_not_take_keep_onednn() -> None:
+    odd = nn.Linear(64, 48, bias=False).to(torch.bfloat16)  # 48 outputs: not a multiple of 32
+    model = nn.ModuleDict({"odd": odd, "fine": nn.Linear(64, 64).to(torch.bfloat16)})
+    packed_linear.pack_linears(model, amx_tiles=True)
+    assert model["odd"]._panels is None and model["fine"]._panels is not None
+    assert not packed_linear.steps_read_panels(model)  # one Linear without: the idle row stays
+
+
+def _tiny_llama() -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(11)
+    return LlamaForCausalLM(config).eval().to(torch.bfloat16)
+
+
+@torch.inference_mode()
+def test_a_tiny_bf16_model_decodes_a_row_the_same_in_any_company() -> None:
+    """End to end on a random bf16 LLaMA with AMX tiles where this CPU has them: a row's
+    tokens and rating alone (stepping alone: no idle neighbour) as among five. Without AMX the
+    option leaves oneDNN's steps, and the lone row keeps its idle neighbour."""
+    from serving.attention import use_engine_attention
+    from serving.slot_decoding import RowRequest, SlotBatch
+
+    if not packed_linear.available(torch.bfloat16):
+        pytest.skip("no oneDNN bf16 matmul on this CPU")
+    model = _tiny_llama()
+    use_engine_attention(model, use_kernels=True)
+    packed_linear.pack_linears(model, amx_tiles=True)
+    on_amx = amx_matmul.load() is not None
+    assert (model.lm_head._panels is not None) == on_amx
+
+    def run(prompts: list[list[int]]) -> list[tuple[list[int], torch.Tensor]]:
+        batch = SlotBatch(
+            model,
+            slots=5,
+            width=12,
+            max_new_tokens=10,
+            pad_id=0,
+            eos_id=95,
+            rating_suffix=[40, 41, 42],
+            score_ids=list(range(10, 19)),
+        )
+        outs = {}
+        for i, ids in enumerate(prompts):
+            ended = batch.admit(RowRequest(ids, 10, (), tag=i))
+            if ended is not None:
+                outs[i] = ended
+        while batch.active:
+            for ended in batch.step():
+                outs[ended.tag] = ended
+        return [(outs[i].tokens, outs[i].rating_probs) for i in range(len(prompts))]
+
+    generator = torch.Generator().manual_seed(12)
+    prompts = [torch.randint(1, 95, (n,), generator=generator).tolist() for n in (5, 9, 12, 3, 7)]
+    lone = SlotBatch(model, slots=2, width=12, max_new_tokens=4, pad_id=0, eos_id=95)
+    assert lone.lone_row_alone == on_amx
+    together = run(prompts)
+    for i, ids in enumerate(prompts):
+        [(tokens, probs)] = run([ids])
+        assert tokens == together[i][0] and torch.equal(probs, together[i][1]), i
