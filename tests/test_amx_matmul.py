@@ -15,6 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from serving import kernels, packed_linear
 from serving.kernels import amx_matmul
+from tests.slot_support import assert_alone_as_together
 
 needs_amx = pytest.mark.skipif(
     not kernels.available() or amx_matmul.load() is None, reason="no AMX on this CPU"
@@ -127,7 +128,7 @@ def test_a_tiny_bf16_model_decodes_a_row_the_same_in_any_company() -> None:
     tokens and rating alone (stepping alone: no idle neighbour) as among five. Without AMX the
     option leaves oneDNN's steps, and the lone row keeps its idle neighbour."""
     from serving.attention import use_engine_attention
-    from serving.slot_decoding import RowRequest, SlotBatch
+    from serving.slot_decoding import SlotBatch
 
     if not packed_linear.available(torch.bfloat16):
         pytest.skip("no oneDNN bf16 matmul on this CPU")
@@ -137,32 +138,6 @@ def test_a_tiny_bf16_model_decodes_a_row_the_same_in_any_company() -> None:
     on_amx = amx_matmul.load() is not None
     assert (model.lm_head._panels is not None) == on_amx
 
-    def run(prompts: list[list[int]]) -> list[tuple[list[int], torch.Tensor]]:
-        batch = SlotBatch(
-            model,
-            slots=5,
-            width=12,
-            max_new_tokens=10,
-            pad_id=0,
-            eos_id=95,
-            rating_suffix=[40, 41, 42],
-            score_ids=list(range(10, 19)),
-        )
-        outs = {}
-        for i, ids in enumerate(prompts):
-            ended = batch.admit(RowRequest(ids, 10, (), tag=i))
-            if ended is not None:
-                outs[i] = ended
-        while batch.active:
-            for ended in batch.step():
-                outs[ended.tag] = ended
-        return [(outs[i].tokens, outs[i].rating_probs) for i in range(len(prompts))]
-
-    generator = torch.Generator().manual_seed(12)
-    prompts = [torch.randint(1, 95, (n,), generator=generator).tolist() for n in (5, 9, 12, 3, 7)]
     lone = SlotBatch(model, slots=2, width=12, max_new_tokens=4, pad_id=0, eos_id=95)
     assert lone.lone_row_alone == on_amx
-    together = run(prompts)
-    for i, ids in enumerate(prompts):
-        [(tokens, probs)] = run([ids])
-        assert tokens == together[i][0] and torch.equal(probs, together[i][1]), i
+    assert_alone_as_together(model)

@@ -17,6 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from serving import kernels, packed_linear
 from serving.kernels import fp16_weights
+from tests.slot_support import assert_alone_as_together
 
 pytestmark = [
     pytest.mark.unit,
@@ -209,7 +210,7 @@ def test_a_tiny_fp32_model_decodes_a_row_the_same_in_any_company(step_kernels: b
     output layer), panels packed, and a row's decode-step logits the same alone (beside the
     idle row) as among five; rated together (compiled step) or one row at a time."""
     from serving.attention import use_engine_attention
-    from serving.slot_decoding import RowRequest, SlotBatch
+    from serving.slot_decoding import SlotBatch
 
     model = _tiny_llama()
     use_engine_attention(model, use_kernels=True)
@@ -219,35 +220,5 @@ def test_a_tiny_fp32_model_decodes_a_row_the_same_in_any_company(step_kernels: b
     assert torch.equal(embed, embed.to(torch.float16).float())
     assert model.lm_head._panels is not None
 
-    def run(prompts: list[list[int]]) -> list[tuple[list[int], torch.Tensor]]:
-        # the rating pass reads the keys and values every decode step wrote: its
-        # probabilities show any bit a step gave otherwise
-        batch = SlotBatch(
-            model,
-            slots=5,
-            width=12,
-            max_new_tokens=10,
-            pad_id=0,
-            eos_id=95,
-            rating_suffix=[40, 41, 42],
-            score_ids=list(range(10, 19)),
-            step_kernels=step_kernels,
-        )
-        assert (batch.step_ops is not None) == step_kernels
-        outs = {}
-        for i, ids in enumerate(prompts):
-            ended = batch.admit(RowRequest(ids, 10, (), tag=i))
-            if ended is not None:
-                outs[i] = ended
-        while batch.active:
-            for ended in batch.step():
-                outs[ended.tag] = ended
-        return [(outs[i].tokens, outs[i].rating_probs) for i in range(len(prompts))]
-
-    generator = torch.Generator().manual_seed(12)
-    prompts = [torch.randint(1, 95, (n,), generator=generator).tolist() for n in (5, 9, 12, 3, 7)]
     assert SlotBatch(model, slots=2, width=12, max_new_tokens=4, pad_id=0, eos_id=95).lone_row_alone
-    together = run(prompts)
-    for i, ids in enumerate(prompts):
-        [(tokens, probs)] = run([ids])
-        assert tokens == together[i][0] and torch.equal(probs, together[i][1]), i
+    assert_alone_as_together(model, step_kernels)
