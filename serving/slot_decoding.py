@@ -378,14 +378,19 @@ class SlotBatch:
         at 8 rows ending together, one read of the weights instead of eight. Where a step's
         matmuls run on AMX tiles the passes do too (``rates_in_steps``)."""
         assert self.rating_suffix is not None and self.score_ids is not None
-        with packed_linear.decode_rows() if self.rates_in_steps else contextlib.nullcontext():
+        with self._rating_matmuls():
             return self._rate_rows(ended)
 
     def shares_rating_matmuls(self, length: int) -> bool:
         """Whether rating passes of ``length`` positions that end together share their
         matmuls here (:func:`serving.lean_step.rates_together`, on the matmuls they run on)."""
-        with packed_linear.decode_rows() if self.rates_in_steps else contextlib.nullcontext():
+        with self._rating_matmuls():
             return lean_step.rates_together(self.model, length)
+
+    def _rating_matmuls(self) -> contextlib.AbstractContextManager:
+        """Where rating passes run their matmuls: a step's AMX tiles (``rates_in_steps``),
+        else oneDNN's."""
+        return packed_linear.decode_rows() if self.rates_in_steps else contextlib.nullcontext()
 
     def _rate_rows(self, ended: list[int]) -> dict[int, torch.Tensor]:
         if self.step_ops is None:  # one row at a time, the model over the row's view
