@@ -249,8 +249,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "no-step-kernels": ({"step_kernels": False}, {}),  # lean steps on PyTorch's small ops
     # a bf16 model's prompts on the fp32 attention loops (what runs on CPUs without AMX)
     "no-amx-attention": ({"amx_attention": False}, {}),
-    # a bf16 model's decode steps on oneDNN's matmuls (a lone row beside an idle one)
-    "no-amx-matmul": ({"amx_matmul": False}, {}),
+    # a bf16 model's decode steps and ratings on oneDNN's matmuls, not the engine's AMX or
+    # AVX512-BF16 kernel (a lone row beside an idle one)
+    "onednn-steps": ({"amx_matmul": False, "bf16_matmul": False}, {}),
     # an fp32 engine's weights as loaded, read as fp32 in decode steps (no fp16 rounding)
     "no-fp16-weights": ({"fp16_weights": False}, {}),
     "fp32": ({"fp16_weights": False}, {"dtype": "float32"}),  # the reference: fp32 throughout

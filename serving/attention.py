@@ -22,8 +22,9 @@ do not cover (a bf16 model's fp32 cache, shapes the kernels refuse, no C compile
 Registered with transformers' ``AttentionInterface`` under :data:`NAME` (with the SDPA mask
 builder), and under :data:`NAME_PYTORCH` without the kernels (``cpu.attention_kernels: false``);
 :func:`use_engine_attention` switches a model to one of them, and records on its attention
-modules whether a bf16 prompt's attention may run on AMX tiles (``cpu.amx_attention``:
-:func:`serving.kernels.prefill_attention`).
+modules how a bf16 prompt's attention runs: the fp32 loops, on AMX tiles
+(``cpu.amx_attention``) or in AVX512-BF16 dot products (``cpu.bf16_attention``):
+:func:`serving.kernels.prefill_attention`.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def engine_attention(
             out = kernels.decode_attention(query, key, value, attention_mask, scale)
         else:
             out = kernels.prefill_attention(
-                query, key, value, attention_mask, scale, amx=uses_amx(module)
+                query, key, value, attention_mask, scale, mode=prefill_mode(module)
             )
         if out is not None:
             return out.to(query.dtype), None
@@ -140,31 +141,34 @@ def pytorch_attention(
 
 
 def use_engine_attention(
-    model: torch.nn.Module, use_kernels: bool = True, amx: bool = False
+    model: torch.nn.Module, use_kernels: bool = True, amx: bool = False, dpbf16: bool = False
 ) -> None:
     """Switch a transformers model to :func:`engine_attention`, or to
-    :func:`pytorch_attention` (``use_kernels`` false). ``amx``: its prompts' and rating
-    passes' attention on AMX tiles where they run (``cpu.amx_attention``, see
-    :func:`serving.kernels.prefill_attention`), recorded on its attention modules, the ones
-    the attention function is called with: two engines in one process may differ."""
+    :func:`pytorch_attention` (``use_kernels`` false). ``amx``, ``dpbf16``: its prompts' and
+    rating passes' attention on AMX tiles or in AVX512-BF16 dot products where they run
+    (``cpu.amx_attention``, ``cpu.bf16_attention``: :func:`serving.kernels.prefill_mode`),
+    recorded on its attention modules, the ones the attention function is called with: two
+    engines in one process may differ."""
     name = NAME if use_kernels else NAME_PYTORCH
     AttentionInterface.register(name, engine_attention if use_kernels else pytorch_attention)
     AttentionMaskInterface.register(name, sdpa_mask)
     model.set_attn_implementation(name)
+    mode = kernels.prefill_mode(amx, dpbf16) if use_kernels else kernels.PREFILL_LOOPS
     for module in model.modules():
         if hasattr(module, "q_proj"):  # an attention block
-            ask_amx(module, amx and use_kernels)
+            set_prefill_mode(module, mode)
 
 
-_AMX = "_newsdesk_amx_attention"  # the attribute ask_amx sets
+_MODE = "_newsdesk_prefill_mode"  # the attribute set_prefill_mode sets
 
 
-def ask_amx(module: torch.nn.Module, amx: bool) -> None:
-    """Record on ``module`` (an attention block) whether its prefill attention runs on AMX
-    tiles where they run."""
-    setattr(module, _AMX, amx)
+def set_prefill_mode(module: torch.nn.Module, mode: int) -> None:
+    """Record on ``module`` (an attention block) how its prefill attention runs (one of
+    :mod:`serving.kernels`' ``PREFILL_*``)."""
+    setattr(module, _MODE, mode)
 
 
-def uses_amx(module: torch.nn.Module) -> bool:
-    """Whether ``module`` (an attention block) asks for its prefill attention on AMX tiles."""
-    return getattr(module, _AMX, False)
+def prefill_mode(module: torch.nn.Module) -> int:
+    """How ``module`` (an attention block) runs its prefill attention (the loops unless
+    :func:`set_prefill_mode` said otherwise)."""
+    return getattr(module, _MODE, kernels.PREFILL_LOOPS)

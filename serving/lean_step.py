@@ -229,7 +229,7 @@ def rows_logits(
                     keys,
                     values,
                     masks[i],
-                    amx=attention.uses_amx(attn),
+                    mode=attention.prefill_mode(attn),
                 ).reshape(1, length, -1)
             )
         return _joined(outs)
@@ -253,7 +253,8 @@ def rates_together(model: torch.nn.Module, length: int = 42) -> bool:
     pass's rows the bits they get alone in a block of 2, 5 or 16 passes, first or last in
     it, on probe data. oneDNN's bf16 matmuls on AMX tiles do not (their blocking follows the
     row count: on the AMX Xeon of 2026-12-01, 576 x 576 and the MLP's shapes moved), where its
-    AVX-512 ones did; the engine's own AMX matmul does. Otherwise a row is rated alone."""
+    AVX-512 ones did; the engine's own AMX and AVX512-BF16 matmuls do. Otherwise a row is
+    rated alone."""
     verdicts = _TOGETHER.setdefault(model, {})
     decoder = model.model.layers[0]
     key = (length, packed_linear.in_decode_rows(),

@@ -60,7 +60,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from serving.kernels import amx_matmul, fp16_weights
+from serving.kernels import amx_matmul, bf16_matmul, fp16_weights
 
 # the rows oneDNN is told to expect; any row count runs on the same layout (measured: 2-16
 # decode rows and 500-row prefills within noise of layouts made for them)
@@ -102,9 +102,9 @@ _DECODE_ROWS = contextvars.ContextVar("newsdesk_decode_rows", default=False)
 def decode_rows() -> Iterator[None]:
     """The matmuls run in this context are a decode step's: weights packed with fp16 panels
     (:func:`pack_linears` with ``fp16_panels``) run on them (:mod:`serving.kernels.fp16_weights`:
-    half the bytes read), bf16 weights packed with AMX tiles (``amx_tiles``) on those
-    (:mod:`serving.kernels.amx_matmul`: a row's bits at any row count); prompts and rating
-    passes, outside it, run oneDNN's matmul on the same values."""
+    half the bytes read), bf16 weights packed for the engine's AMX or AVX512-BF16 kernel
+    (``amx_tiles``, ``bf16_blocks``) on it (:mod:`serving.kernels.bf16_matmul`: a row's bits
+    at any row count); prompts, outside it, run oneDNN's matmul on the same values."""
     token = _DECODE_ROWS.set(True)
     try:
         yield
@@ -113,8 +113,8 @@ def decode_rows() -> Iterator[None]:
 
 
 # the decode-step layouts a weight may have besides oneDNN's: fp16 panels (an fp32 model's
-# weights) or AMX tiles (a bf16 model's)
-StepLayout = fp16_weights.Panels | amx_matmul.Tiles
+# weights) or a bf16 model's packed for the engine's AMX or AVX512-BF16 kernel
+StepLayout = fp16_weights.Panels | bf16_matmul.Packed
 
 
 def in_decode_rows() -> bool:
@@ -129,23 +129,34 @@ def _product(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     if panels is not None and _DECODE_ROWS.get():
-        kernel = fp16_weights.load() if type(panels) is fp16_weights.Panels else amx_matmul.load()
-        assert kernel is not None  # panels and tiles are made only where their kernel loads
-        return kernel.matmul(x, panels, bias)  # type: ignore[arg-type]
+        if type(panels) is bf16_matmul.Packed:
+            return panels.kernel.matmul(x, panels, bias)
+        kernel = fp16_weights.load()
+        assert kernel is not None  # panels are made only where their kernel loads
+        return kernel.matmul(x, panels, bias)
     return _matmul(x, packed, bias)
+
+
+def _step_kernel(amx: bool, dpbf16: bool) -> bf16_matmul.StepMatmul | None:
+    """The engine's kernel for a bf16 model's decode steps: AMX tiles with ``amx`` where they
+    run, else AVX512-BF16 dot products with ``dpbf16`` where those run, else None (oneDNN's)."""
+    found = amx_matmul.load() if amx else None
+    if found is None and dpbf16:
+        found = bf16_matmul.load()
+    return found
 
 
 def _step_layout(
     weight: torch.Tensor,
     kernel: fp16_weights.Fp16Weights | None,
-    amx: amx_matmul.AmxMatmul | None,
+    steps: bf16_matmul.StepMatmul | None,
 ) -> StepLayout | None:
     """``weight``'s decode-step layout: fp16 panels with ``kernel`` (an fp32 weight holding
-    fp16 values), AMX tiles with ``amx`` (a bf16 weight of the shapes it takes), else None."""
+    fp16 values), packed for ``steps`` (a bf16 weight of the shapes it takes), else None."""
     if kernel is not None:
         return kernel.pack(weight)
-    if amx is not None and amx.fits(weight):
-        return amx.pack(weight)
+    if steps is not None and steps.fits(weight):
+        return steps.pack(weight)
     return None
 
 
@@ -158,12 +169,12 @@ class _Siblings:
         self,
         members: list[PackedLinear],
         kernel: fp16_weights.Fp16Weights | None,
-        amx: amx_matmul.AmxMatmul | None = None,
+        steps: bf16_matmul.StepMatmul | None = None,
     ) -> None:
         self.members = tuple(members)
         weight = torch.cat([m.weight for m in members])
         self.packed = _pack(weight)
-        self.panels = _step_layout(weight, kernel, amx)
+        self.panels = _step_layout(weight, kernel, steps)
         biases = [m.bias for m in members]
         self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])  # type: ignore[union-attr]
         self.sizes = [m.out_features for m in members]
@@ -191,20 +202,20 @@ class PackedLinear(nn.Linear):
     as a member of :class:`_Siblings`)."""
 
     _packed: torch.Tensor | None = None
-    _panels: StepLayout | None = None  # fp16 panels or AMX tiles, for decode steps
+    _panels: StepLayout | None = None  # fp16 panels or a bf16 kernel's layout, for decode steps
     _siblings: tuple[_Siblings, int] | None = None
     _dtype: torch.dtype | None = None  # the weight's, when packed (read without __getattr__)
 
     def pack(
         self,
         kernel: fp16_weights.Fp16Weights | None = None,
-        amx: amx_matmul.AmxMatmul | None = None,
+        steps: bf16_matmul.StepMatmul | None = None,
     ) -> None:
-        """oneDNN's layout, and for decode steps as well fp16 panels with ``kernel`` or AMX
-        tiles with ``amx``."""
+        """oneDNN's layout, and for decode steps as well fp16 panels with ``kernel`` or the
+        layout of the bf16 kernel ``steps``."""
         self._dtype = self.weight.dtype
         self._packed = _pack(self.weight)
-        self._panels = _step_layout(self.weight, kernel, amx)
+        self._panels = _step_layout(self.weight, kernel, steps)
         self._siblings = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -261,16 +272,19 @@ def linear_output(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
-def pack_linears(model: nn.Module, fp16_panels: bool = False, amx_tiles: bool = False) -> int:
+def pack_linears(
+    model: nn.Module, fp16_panels: bool = False, amx_tiles: bool = False, bf16_blocks: bool = False
+) -> int:
     """Pack every bf16 or fp32 CPU Linear of ``model`` in place (LoRA's own small layers excepted:
     they stay plain); returns how many. Packs again the ones packed before (weights may have
     changed: a merged adapter). ``fp16_panels``: fp32 weights that hold fp16 values
     (:func:`round_to_fp16`'s) also get fp16 panels for decode steps (:func:`decode_rows`), where
     the kernel builds here: prompts and steps read the same values. ``amx_tiles``: bf16 weights
     also get AMX tiles for decode steps, where the CPU runs them
-    (:mod:`serving.kernels.amx_matmul`)."""
+    (:mod:`serving.kernels.amx_matmul`); ``bf16_blocks``: else the AVX512-BF16 kernel's
+    layout, where the CPU runs that (:mod:`serving.kernels.bf16_matmul`)."""
     kernel = fp16_weights.load() if fp16_panels else None
-    amx = amx_matmul.load() if amx_tiles else None
+    steps = _step_kernel(amx_tiles, bf16_blocks)
     count = 0
     for name, module in model.named_modules():
         if type(module) not in (nn.Linear, PackedLinear) or "lora_" in name:
@@ -280,17 +294,18 @@ def pack_linears(model: nn.Module, fp16_panels: bool = False, amx_tiles: bool = 
             continue
         module.__class__ = PackedLinear
         panels = kernel is not None and _holds_fp16(weight)
-        module.pack(kernel if panels else None, amx)  # type: ignore[attr-defined]
+        module.pack(kernel if panels else None, steps)  # type: ignore[attr-defined]
         count += 1
-    _fuse_siblings(model, kernel, amx)
+    _fuse_siblings(model, kernel, steps)
     return count
 
 
 def steps_read_panels(model: nn.Module) -> bool:
-    """Every Linear of ``model`` runs a decode step's matmul on fp16 panels or AMX tiles (its
-    own or its sibling group's): each output row is then its own fixed chain of sums at one
-    row as at many, so a lone row needs no idle neighbour (serving.slot_decoding). False with
-    a LoRA layer (PEFT's own Linears run ``F.linear``) or any Linear without them."""
+    """Every Linear of ``model`` runs a decode step's matmul on fp16 panels or a bf16 kernel's
+    layout (its own or its sibling group's): each output row is then its own fixed chain of
+    sums at one row as at many, so a lone row needs no idle neighbour
+    (serving.slot_decoding). False with a LoRA layer (PEFT's own Linears run ``F.linear``) or
+    any Linear without them."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return bool(linears) and all(
         type(m) is PackedLinear
@@ -301,16 +316,17 @@ def steps_read_panels(model: nn.Module) -> bool:
     )
 
 
-def steps_read_tiles(model: nn.Module) -> bool:
-    """:func:`steps_read_panels`, with AMX tiles (not fp16 panels) for every Linear: matmuls
-    that then keep a row's bits at any row count in :func:`decode_rows`, at a few hundred rows
-    as fast as oneDNN's (rating passes run there: serving.slot_decoding)."""
+def steps_run_bf16_kernel(model: nn.Module) -> bool:
+    """:func:`steps_read_panels`, with the engine's AMX or AVX512-BF16 kernel (not fp16
+    panels) for every Linear: matmuls that then keep a row's bits at any row count in
+    :func:`decode_rows`, at a few hundred rows as fast as oneDNN's (rating passes run there:
+    serving.slot_decoding)."""
     layouts = [
         m._panels if m._siblings is None else m._siblings[0].panels
         for m in model.modules()
         if type(m) is PackedLinear
     ]
-    return steps_read_panels(model) and all(type(t) is amx_matmul.Tiles for t in layouts)
+    return steps_read_panels(model) and all(type(t) is bf16_matmul.Packed for t in layouts)
 
 
 @torch.no_grad()
@@ -348,7 +364,7 @@ SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 def _fuse_siblings(
     model: nn.Module,
     kernel: fp16_weights.Fp16Weights | None = None,
-    amx: amx_matmul.AmxMatmul | None = None,
+    steps: bf16_matmul.StepMatmul | None = None,
 ) -> int:
     """Pack each block's :data:`SIBLINGS` as one matrix (their own packed copies dropped);
     returns how many groups."""
@@ -369,7 +385,7 @@ def _fuse_siblings(
             group = _Siblings(
                 members,  # type: ignore[arg-type]
                 kernel if own and kernel is not None else None,
-                amx if own and kernel is None else None,
+                steps if own and kernel is None else None,
             )
             for index, member in enumerate(members):
                 member._packed = member._panels = None  # type: ignore[union-attr]

@@ -131,6 +131,15 @@ class CpuOptions(BaseModel):
         "~2x a prompt's attention): batch-invariant, within a few fp32 roundings of the fp32 "
         "loops but not their bits (distance in docs/benchmarks.md). Elsewhere nothing changes.",
     )
+    bf16_attention: bool = Field(
+        default=True,
+        description="With attention_kernels, a bf16 model on a CPU with AVX512-BF16 where "
+        "amx_attention does not apply (Zen 4/5): a prompt's and a rating pass's attention "
+        "scores in AVX512-BF16 dot products (exact products of bf16 queries and keys, fp32 "
+        "sums), each probability as two bf16 parts for the values, as on AMX: batch-invariant, "
+        "within a few fp32 roundings of the fp32 loops but not their bits (distance in "
+        "docs/benchmarks.md). Elsewhere nothing changes.",
+    )
     amx_matmul: bool = Field(
         default=True,
         description="With packed_weights, a bf16 model on a CPU with AMX: decode steps' and "
@@ -139,6 +148,16 @@ class CpuOptions(BaseModel):
         "rows ending together share their rating passes' matmuls; a second copy of the "
         "weights. A step's bits are oneDNN's (summaries identical); ratings' are not "
         "(importances ~0.06 of 100 apart). Elsewhere nothing changes.",
+    )
+    bf16_matmul: bool = Field(
+        default=True,
+        description="With packed_weights, a bf16 model on a CPU with AVX512-BF16 where "
+        "amx_matmul does not apply (Zen 4/5): decode steps' and rating passes' matmuls in the "
+        "engine's AVX512-BF16 kernel (serving/kernels/bf16_matmul.c) instead of oneDNN's: each "
+        "output one fp32 sum in input order, so a row's bits at any row count (a lone row steps "
+        "alone, rows ending together share their rating passes' matmuls); reads the weights "
+        "~1.3-1.5x faster than oneDNN at a step's 1-16 rows; a second copy of the weights. Not "
+        "oneDNN's bits for every shape (distance in docs/benchmarks.md).",
     )
     lean_decode_step: bool = Field(
         default=True,

@@ -100,6 +100,8 @@ def _strip_markup(text: str) -> str:
 def _printable_ratio(text: str) -> float:
     if not text:
         return 1.0
+    if _plainly_printable(text) and "\ufffd" not in text:
+        return 1.0  # every character counts as good below: skip the per-character loop
     good = sum(
         1
         for ch in text
@@ -114,8 +116,14 @@ def clean_text(text: str, special_tokens: tuple[str, ...] = ()) -> str:
     for token in (*CHAT_CONTROL, *special_tokens):
         if token:
             text = text.replace(token, " ")
-    text = "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in text)
+    if not _plainly_printable(text):  # (the loop costs ~1 ms an article where nothing changes)
+        text = "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in text)
     return _WS.sub(" ", text).strip()
+
+
+def _plainly_printable(text: str) -> bool:
+    """Every character printable, or a newline or tab."""
+    return text.replace("\n", "").replace("\t", "").isprintable()
 
 
 def check_article(article: Article) -> None:

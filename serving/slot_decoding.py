@@ -26,7 +26,7 @@ leaving need:
 - active rows are rows ``[0, n)``: a row that ends is replaced by the last active one (its keys,
   values and state moved), so a step is one contiguous batch; a lone row steps beside an idle
   row (bf16 gemm vs the gemv of a one-row matmul, see :mod:`serving.decoding`), except where
-  every matmul of a step reads fp16 panels or AMX tiles
+  every matmul of a step reads fp16 panels or runs the engine's own bf16 kernel
   (:func:`serving.packed_linear.steps_read_panels`), whose sums do not depend on the row count.
 """
 
@@ -213,11 +213,12 @@ class SlotBatch:
         # and its adds, norms, rotary embeddings and cache writes in C where that is exact here
         self.step_ops = lean_step.step_ops_for(model, dtype) if self.lean and step_kernels else None
         # a lone row steps beside an idle one for oneDNN's sake (its one-row matmul rounds
-        # otherwise); where every matmul of a step reads fp16 panels or AMX tiles, it steps alone
+        # otherwise); where every matmul of a step reads fp16 panels or runs the engine's bf16
+        # kernel (AMX or AVX512-BF16), it steps alone
         self.lone_row_alone = packed_linear.steps_read_panels(model)
-        # rating passes on a step's AMX tiles too, whose rows keep their bits in any block
+        # rating passes on a step's bf16 kernel too, whose rows keep their bits in any block
         # (oneDNN's AMX matmuls do not: rows could not share their matmuls)
-        self.rates_in_steps = packed_linear.steps_read_tiles(model)
+        self.rates_in_steps = packed_linear.steps_run_bf16_kernel(model)
 
     # --- admission --------------------------------------------------------------------------
 
@@ -376,7 +377,7 @@ class SlotBatch:
         one batch of matmuls (:func:`serving.lean_step.rows_logits`: the bits each gets
         alone) where this CPU's matmuls allow it (:func:`serving.lean_step.rates_together`):
         at 8 rows ending together, one read of the weights instead of eight. Where a step's
-        matmuls run on AMX tiles the passes do too (``rates_in_steps``)."""
+        matmuls run on the engine's bf16 kernel the passes do too (``rates_in_steps``)."""
         assert self.rating_suffix is not None and self.score_ids is not None
         with self._rating_matmuls():
             return self._rate_rows(ended)
@@ -388,7 +389,7 @@ class SlotBatch:
             return lean_step.rates_together(self.model, length)
 
     def _rating_matmuls(self) -> contextlib.AbstractContextManager:
-        """Where rating passes run their matmuls: a step's AMX tiles (``rates_in_steps``),
+        """Where rating passes run their matmuls: a step's bf16 kernel (``rates_in_steps``),
         else oneDNN's."""
         return packed_linear.decode_rows() if self.rates_in_steps else contextlib.nullcontext()
 

@@ -1,5 +1,5 @@
 """A tiny model through the slot decoder, for the tests that check a row decodes and rates the
-same alone as among others (tests/test_fp16_weights.py, tests/test_amx_matmul.py)."""
+same alone as among others (tests/test_fp16_weights.py, tests/test_step_matmuls.py)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 model's: PyTorch's attention to fp32 rounding, each row's bits independent of the rows beside
 it (decode) and of the other queries of its tile (prefill), columns outside a row's mask never
 read, the portable C build and the AVX2 one giving the native build's bits, and the engine's
-attention sending the slot cache to them. A prompt's attention on AMX tiles where this CPU
-has them: close to the loops' accuracy, the same invariance."""
+attention sending the slot cache to them. A prompt's attention in bf16 products, on AMX tiles
+or in AVX512-BF16 dot products where this CPU has them: close to the loops' accuracy, the same
+invariance."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from serving import kernels
 from serving.attention import (
     _decode_attention,
     _prefill_attention,
-    ask_amx,
     engine_attention,
     pytorch_attention,
+    set_prefill_mode,
 )
 
 needs_kernel = pytest.mark.skipif(not kernels.available(), reason="no C compiler here")
@@ -215,21 +216,33 @@ def test_other_builds_give_the_native_builds_bits(tmp_path, monkeypatch, march, 
         assert ours is not None and theirs is not None and torch.equal(ours, theirs)
 
 
-needs_amx = pytest.mark.skipif(not kernels.amx_available(), reason="no AMX on this CPU")
+# the prefill modes in bf16 products, each where this CPU runs it
+PAIR_MODES = {"amx": kernels.PREFILL_AMX, "avx512-bf16": kernels.PREFILL_DPBF16}
+RUNS = {
+    kernels.PREFILL_AMX: kernels.amx_available,
+    kernels.PREFILL_DPBF16: kernels.dpbf16_available,
+}
 
 
-@needs_amx
+@pytest.fixture(params=list(PAIR_MODES))
+def pair_mode(request: pytest.FixtureRequest) -> int:
+    mode = PAIR_MODES[request.param]
+    if not RUNS[mode]():
+        pytest.skip(f"no {request.param} on this CPU")
+    return mode
+
+
 @pytest.mark.parametrize("dim", [64, 128])
 @pytest.mark.parametrize(("q_len", "cached", "padding"), [(436, 76, 14), (42, 500, 100), (9, 0, 0)])
-def test_prefill_on_amx_tiles_is_close_to_the_loops(
-    q_len: int, cached: int, padding: int, dim: int
+def test_prefill_in_bf16_products_is_close_to_the_loops(
+    pair_mode: int, q_len: int, cached: int, padding: int, dim: int
 ) -> None:
-    """On AMX each probability is two bf16 parts (~16 bits): the outputs are within a few
-    times the fp32 loops' error of exact attention (bf16 probabilities would be ~1e-3 off),
-    and not the loops' bits."""
+    """Each probability is two bf16 parts (~16 bits): the outputs are within a few times the
+    fp32 loops' error of exact attention (bf16 probabilities would be ~1e-3 off), and not the
+    loops' bits."""
     query, key, value, mask = _prompt(q_len, cached, padding, 8, 2, dim)
     for m in (mask, None if padding == 0 else mask):
-        out = kernels.prefill_attention(query, key, value, m, 0.125, amx=True)
+        out = kernels.prefill_attention(query, key, value, m, 0.125, mode=pair_mode)
         loops = kernels.prefill_attention(query, key, value, m, 0.125)
         assert out is not None and loops is not None and out.shape == (1, q_len, 8, dim)
         exact = _prefill_attention(query.double(), key.double(), value.double(), m, 0.125)
@@ -239,37 +252,39 @@ def test_prefill_on_amx_tiles_is_close_to_the_loops(
         assert not torch.equal(out, loops)
 
 
-@needs_amx
-def test_prefill_on_amx_tiles_keeps_a_querys_bits_whatever_its_company() -> None:
+def test_prefill_in_bf16_products_keeps_a_querys_bits_whatever_its_company(
+    pair_mode: int,
+) -> None:
     """As on the loops: a prompt's first 20 queries alone (a short last tile, another span)
     give their bits in the whole prompt, with one thread too, and masked columns holding
     anything finite add exact zeros."""
     query, key, value, mask = _prompt(300, 60, 10)
-    whole = kernels.prefill_attention(query, key, value, mask, 0.125, amx=True)
+    whole = kernels.prefill_attention(query, key, value, mask, 0.125, mode=pair_mode)
     first = kernels.prefill_attention(
-        query[:, :, :20], key, value, mask[:, :, :20], 0.125, amx=True
+        query[:, :, :20], key, value, mask[:, :, :20], 0.125, mode=pair_mode
     )
     assert whole is not None and first is not None
     assert torch.equal(first[0], whole[0, :20])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = kernels.prefill_attention(query, key, value, mask, 0.125, amx=True)
+        single = kernels.prefill_attention(query, key, value, mask, 0.125, mode=pair_mode)
     finally:
         torch.set_num_threads(threads)
     assert single is not None and torch.equal(single, whole)
     poisoned_k, poisoned_v = key.clone(), value.clone()
     poisoned_k[:, :, 50:60], poisoned_v[:, :, 50:60] = 1e4, -3e38  # the padding columns
-    again = kernels.prefill_attention(query, poisoned_k, poisoned_v, mask, 0.125, amx=True)
+    again = kernels.prefill_attention(query, poisoned_k, poisoned_v, mask, 0.125, mode=pair_mode)
     assert again is not None and torch.equal(again, whole)
 
 
 def test_the_profiles_choice_reaches_every_attention_module() -> None:
-    """use_engine_attention records cpu.amx_attention on each attention block (what the
-    attention function and the lean step read), and never with the kernels off."""
+    """use_engine_attention records the prefill mode cpu.amx_attention and
+    cpu.bf16_attention give on this CPU on each attention block (what the attention function
+    and the lean step read), and the loops with the kernels off."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from serving.attention import use_engine_attention, uses_amx
+    from serving.attention import prefill_mode, use_engine_attention
 
     config = LlamaConfig(
         vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -277,21 +292,30 @@ def test_the_profiles_choice_reaches_every_attention_module() -> None:
     )  # fmt: skip
     model = LlamaForCausalLM(config)
     blocks = [layer.self_attn for layer in model.model.layers]
-    cases = ((True, True, True), (True, False, False), (False, True, False))
-    for use_kernels, amx, expected in cases:
-        use_engine_attention(model, use_kernels=use_kernels, amx=amx)
-        assert [uses_amx(block) for block in blocks] == [expected] * len(blocks)
-    assert not uses_amx(model.model)  # only attention blocks carry it
+    amx, dpbf16 = kernels.amx_available(), kernels.dpbf16_available()
+    either = kernels.PREFILL_AMX if amx else (kernels.PREFILL_DPBF16 if dpbf16 else 0)
+    cases = (
+        (True, True, True, either),
+        (True, True, False, kernels.PREFILL_AMX if amx else kernels.PREFILL_LOOPS),
+        (True, False, True, kernels.PREFILL_DPBF16 if dpbf16 else kernels.PREFILL_LOOPS),
+        (True, False, False, kernels.PREFILL_LOOPS),
+        (False, True, True, kernels.PREFILL_LOOPS),
+    )
+    for use_kernels, amx_asked, dpbf16_asked, expected in cases:
+        use_engine_attention(model, use_kernels=use_kernels, amx=amx_asked, dpbf16=dpbf16_asked)
+        assert [prefill_mode(block) for block in blocks] == [expected] * len(blocks)
+    assert prefill_mode(model.model) == kernels.PREFILL_LOOPS  # only attention blocks carry it
 
 
-def test_amx_is_asked_only_where_it_applies() -> None:
-    """An fp32 cache, a head dimension that is not a multiple of 64, or a CPU without AMX:
-    ``amx`` changes nothing (the loops' bits)."""
+@pytest.mark.parametrize("mode", list(PAIR_MODES.values()))
+def test_a_pair_mode_is_taken_only_where_it_applies(mode: int) -> None:
+    """An fp32 cache, a head dimension that is not a multiple of 64, or a CPU without the
+    instructions: the mode changes nothing (the loops' bits)."""
     cases = [_prompt(50, 30, 5, dtype=torch.float32), _prompt(50, 30, 5, 4, 2, 48)]
-    if not kernels.amx_available():
+    if not RUNS[mode]():
         cases.append(_prompt(50, 30, 5))
     for query, key, value, mask in cases:
-        asked = kernels.prefill_attention(query, key, value, mask, 0.125, amx=True)
+        asked = kernels.prefill_attention(query, key, value, mask, 0.125, mode=mode)
         loops = kernels.prefill_attention(query, key, value, mask, 0.125)
         assert asked is not None and loops is not None and torch.equal(asked, loops)
 
@@ -318,10 +342,11 @@ def test_engine_attention_sends_the_models_own_cache_to_the_kernel() -> None:
     out, _ = engine_attention(torch.nn.Module(), query, key, value, mask, 0.125)
     direct = kernels.prefill_attention(query, key, value, mask, 0.125)
     assert direct is not None and torch.equal(out, direct.to(torch.bfloat16))
-    # an attention module that asks for AMX (use_engine_attention's record of
-    # cpu.amx_attention) gets its prefill on AMX tiles where they run
-    module = torch.nn.Module()
-    ask_amx(module, True)
-    out, _ = engine_attention(module, query, key, value, mask, 0.125)
-    on_amx = kernels.prefill_attention(query, key, value, mask, 0.125, amx=True)
-    assert on_amx is not None and torch.equal(out, on_amx.to(torch.bfloat16))
+    # an attention module with a mode (use_engine_attention's record of cpu.amx_attention
+    # and cpu.bf16_attention) gets its prefill that way where it runs
+    for mode in PAIR_MODES.values():
+        module = torch.nn.Module()
+        set_prefill_mode(module, mode)
+        out, _ = engine_attention(module, query, key, value, mask, 0.125)
+        paired = kernels.prefill_attention(query, key, value, mask, 0.125, mode=mode)
+        assert paired is not None and torch.equal(out, paired.to(torch.bfloat16))

@@ -298,8 +298,9 @@ def test_prefill_attention_gives_transformers_sdpa_bits(cached: int) -> None:
 @needs_onednn
 def test_packed_weights_leave_every_result_bit_for_bit(engine, engine_settings) -> None:  # type: ignore[no-untyped-def]
     """The default engine (packed) and the same profile unpacked: the same Results, rating
-    and importance included, bit for bit. (On a CPU with AMX the default's decode steps run
-    the engine's own AMX matmul, other bits by design: packing is compared without it.)"""
+    and importance included, bit for bit. (On a CPU with AMX or AVX512-BF16 the default's
+    decode steps run the engine's own bf16 matmul, other bits by design: packing is compared
+    without it.)"""
     from serving.engine import SummarizeEngine
     from tests.engine_articles import GRADED
 
@@ -311,8 +312,8 @@ def test_packed_weights_leave_every_result_bit_for_bit(engine, engine_settings) 
         cpu = profile.cpu.model_copy(update=changes)
         return SummarizeEngine.load(profile.model_copy(update={"cpu": cpu}), engine_settings)
 
-    if packed_linear.steps_read_tiles(engine.decoder.model):
-        engine = variant(amx_matmul=False)
+    if packed_linear.steps_run_bf16_kernel(engine.decoder.model):
+        engine = variant(amx_matmul=False, bf16_matmul=False)
     unpacked = variant(packed_weights=False)
     model = unpacked.decoder.model
     assert not any(isinstance(m, PackedLinear) for m in model.modules())

@@ -7,7 +7,6 @@ machine's engine runs; the tiny model below runs the fp32 path on any machine.""
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 
 import pytest
@@ -17,6 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from serving import kernels, packed_linear
 from serving.kernels import fp16_weights
+from tests.packed_support import assert_calls_agree_and_unpack
 from tests.slot_support import assert_alone_as_together
 
 pytestmark = [
@@ -143,20 +143,7 @@ def test_packed_linears_read_the_panels_in_decode_steps_only(kernel) -> None:  #
         assert torch.equal(in_step, own), name
         outside = module(x)  # oneDNN's fp32 matmul on the same (rounded) values
         assert torch.allclose(outside, own, atol=1e-5)
-    group = (block.q_proj, block.k_proj, block.v_proj)
-    with packed_linear.decode_rows():
-        fused = packed_linear.sibling_outputs(group, x)
-        called = [m(x) for m in group]
-    assert fused is not None and all(map(torch.equal, fused, called))
-    # a packed Linear's matmul called directly: its module call's bits, in a step and out
-    for context in (packed_linear.decode_rows, contextlib.nullcontext):
-        with context():
-            assert torch.equal(packed_linear.linear_output(block.o_proj, x), block.o_proj(x))
-    # without fp16_panels (or on bf16 weights) there are none, and a step runs oneDNN's
-    packed_linear.pack_linears(block)
-    assert not packed_linear.steps_read_panels(block)
-    with packed_linear.decode_rows():
-        assert torch.equal(block.o_proj(x), packed_linear._matmul(x, block.o_proj._packed, None))
+    assert_calls_agree_and_unpack(block, x)
     half = _blocks(fp32=False)  # packed where this CPU has bf16 matmuls, else left plain
     packed_linear.pack_linears(half, fp16_panels=True)
     assert not packed_linear.steps_read_panels(half)

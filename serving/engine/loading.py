@@ -122,14 +122,22 @@ def finish(
     _apply_cpu_options(model, profile, device)
     if device.type == "cpu" and not replaces_modules(profile):
         use_engine_attention(
-            model, use_kernels=profile.cpu.attention_kernels, amx=profile.cpu.amx_attention
+            model,
+            use_kernels=profile.cpu.attention_kernels,
+            amx=profile.cpu.amx_attention,
+            dpbf16=profile.cpu.bf16_attention,
         )
         rounded = rounds_to_fp16(profile, device)
         if rounded:  # again after a merged adapter: its sums are fp32
             packed_linear.round_to_fp16(model)
         if profile.cpu.packed_weights and packed_linear.available():
             # again after every adapter change: a merged adapter changed the weights
-            packed_linear.pack_linears(model, fp16_panels=rounded, amx_tiles=profile.cpu.amx_matmul)
+            packed_linear.pack_linears(
+                model,
+                fp16_panels=rounded,
+                amx_tiles=profile.cpu.amx_matmul,
+                bf16_blocks=profile.cpu.bf16_matmul,
+            )
     return model, deepspeed_engine
 
 

@@ -18,7 +18,8 @@ CPU (``-march=native``; OpenMP from torch's own runtime, already loaded) into
 (which releases the GIL). The hot loops are written out for AVX-512 and for AVX2 + FMA (CPUs
 without AVX-512), each giving the portable loops' bits (tested); the cache they read is the
 model's own dtype, bf16 or fp32. On a CPU with AMX a bf16 prompt's attention can run on AMX
-tiles instead (``amx``: other bits, within a few fp32 roundings; batch-invariant the same way).
+tiles or in AVX512-BF16 dot products instead (``mode``: other bits, within a few fp32 roundings;
+batch-invariant the same way).
 
 Without a C compiler (or on a platform it does not build on) :func:`load` returns None and
 the engine keeps PyTorch's path with an fp32 cache, logged once: slower, never wrong.
@@ -137,8 +138,9 @@ def open_library(path: Path) -> ctypes.CDLL:
         + [ctypes.c_int] * 5
         + [ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_int]
     )
-    library.newsdesk_amx_attention.restype = ctypes.c_int
-    library.newsdesk_amx_attention.argtypes = []
+    for probe in (library.newsdesk_amx_attention, library.newsdesk_dpbf16_attention):
+        probe.restype = ctypes.c_int
+        probe.argtypes = []
     return library
 
 
@@ -155,11 +157,33 @@ def available() -> bool:
     return load() is not None
 
 
+# how prefill_attention computes a bf16 prompt's attention: the fp32 loops, or in bf16
+# products on AMX tiles or in AVX512-BF16 dot products (attention.c says how)
+PREFILL_LOOPS, PREFILL_AMX, PREFILL_DPBF16 = 0, 1, 2
+
+
 def amx_available(library: ctypes.CDLL | None = None) -> bool:
-    """Whether :func:`prefill_attention`'s ``amx`` runs on AMX tiles here: the kernels built
-    for a CPU with AMX (and AVX512-BF16), and Linux letting this process use the tiles."""
+    """Whether :func:`prefill_attention`'s ``PREFILL_AMX`` runs on AMX tiles here: the kernels
+    built for a CPU with AMX (and AVX512-BF16), and Linux letting this process use the tiles."""
     library = library or load()
     return library is not None and bool(library.newsdesk_amx_attention())
+
+
+def dpbf16_available(library: ctypes.CDLL | None = None) -> bool:
+    """Whether :func:`prefill_attention`'s ``PREFILL_DPBF16`` runs in AVX512-BF16 dot products
+    here (the kernels built for a CPU with AVX512-BF16)."""
+    library = library or load()
+    return library is not None and bool(library.newsdesk_dpbf16_attention())
+
+
+def prefill_mode(amx: bool, dpbf16: bool) -> int:
+    """The prefill mode a profile's options give on this CPU: AMX tiles with ``amx`` where
+    they run, else AVX512-BF16 dot products with ``dpbf16`` where those run, else the loops."""
+    if amx and amx_available():
+        return PREFILL_AMX
+    if dpbf16 and dpbf16_available():
+        return PREFILL_DPBF16
+    return PREFILL_LOOPS
 
 
 def decode_attention(
@@ -217,15 +241,16 @@ def prefill_attention(
     mask: torch.Tensor | None,
     scale: float,
     library: ctypes.CDLL | None = None,
-    amx: bool = False,
+    mode: int = PREFILL_LOOPS,
 ) -> torch.Tensor | None:
     """Attention of one row's ``(1, H, Lq, D)`` queries (a prompt, the rating pass) against its
     ``(1, Hkv, Lk, D)`` keys and values (bf16 or fp32; views of the slot cache: columns
     contiguous, heads strided), where ``mask`` (``(1, 1, Lq, Lk)`` bool) is set, or causal
     from the last key back when it is None; ``(1, Lq, H, D)`` fp32. None where the kernel does
-    not apply. ``amx``: on AMX tiles where they run (:func:`amx_available`; a bf16 cache, a
-    head dimension that is a multiple of 64): other bits than the fp32 loops, within a few
-    fp32 roundings (``attention.c`` says how), batch-invariant the same way."""
+    not apply. ``mode``: ``PREFILL_AMX`` on AMX tiles, ``PREFILL_DPBF16`` in AVX512-BF16 dot
+    products, where they run (:func:`prefill_mode`; a bf16 cache, a head dimension that is a
+    multiple of 64), else the loops: other bits than the fp32 loops, within a few fp32
+    roundings (``attention.c`` says how), batch-invariant the same way."""
     library = library or load()
     batch, heads, q_len, dim = query.shape
     kv_heads, k_len = key.shape[1], key.shape[2]
@@ -258,7 +283,7 @@ def prefill_attention(
         scale,
         torch.get_num_threads(),
         key.dtype == torch.bfloat16,
-        amx,
+        mode,
     )
     if status != 0:
         return None

@@ -731,34 +731,37 @@ static void tile_avx2(const float *const *qs, int rows, const float *kth, const 
 }
 #endif
 
-/* ---- prefill on AMX tiles (bf16 models on CPUs with AMX) ----------------------------------
+/* ---- prefill in bf16 products: AMX tiles, or AVX512-BF16 dot products ----------------------
  *
- * The loops above compute a prompt's attention at ~55% of the two cores' fp32 FMA rate (1.5
- * ms a layer for a 436-token prompt on an AMX Xeon, a third of its prefill); AMX multiplies
- * bf16 tiles at ~10x that rate. On a bf16 model the queries and keys are bf16 values already
- * (its rotary embedding rounds them), so the scores are the same exact products, summed in
- * fp32 in an order of AMX's own (not a chain of FMAs: measured, no plain fp32 order reproduces
- * it). The softmax stays fp32; for the second product each numerator e is split into two
- * bf16 parts, hi = e rounded and lo = (e - hi) rounded (e - hi is exact), and both are
- * multiplied with the values (two products a tile): hi + lo keeps ~16 of e's 24 bits where
- * rounding it to bf16 (vLLM's and PyTorch's bf16 attention; tried first) keeps 8: errors of
- * ~1e-6 instead of ~1e-3 against exact attention, for ~7% more time. Each output is divided
- * by its numerators' fp32 sum. Not the loops' bits, but within a few fp32 roundings of them
- * (docs/benchmarks.md has the summaries' distance); asked for by the caller (`amx`,
- * cpu.amx_attention).
+ * The loops above compute a prompt's attention in fp32 FMAs (1.5 ms a layer for a 436-token
+ * prompt on an AMX Xeon, ~1 ms on a Zen 5: a fifth to a third of its prefill). On a bf16
+ * model the queries and keys are bf16 values already (its rotary embedding rounds them), so
+ * their products are exact in fp32 whatever multiplies them: AMX tiles (~10x the fp32 rate)
+ * or AVX512-BF16's vdpbf16ps (two products a lane, 2x). The scores are those exact products
+ * summed in fp32 in the instruction's own order (AMX's: measured, no plain fp32 order
+ * reproduces it; vdpbf16ps: a pair of dimensions at a time, in order). The softmax stays fp32;
+ * for the second product each numerator e is split into two bf16 parts, hi = e rounded and lo
+ * = (e - hi) rounded (e - hi is exact), and both are multiplied with the values: hi + lo keeps
+ * ~16 of e's 24 bits where rounding it to bf16 (vLLM's and PyTorch's bf16 attention; tried
+ * first on AMX) keeps 8: errors of ~1e-6 instead of ~1e-3 against exact attention, for ~7%
+ * more time on AMX. Each output is divided by its numerators' fp32 sum. Not the loops' bits,
+ * but within a few fp32 roundings of them (docs/benchmarks.md has the summaries' distance);
+ * asked for by the caller (`mode`: cpu.amx_attention, cpu.bf16_attention).
  *
- * Batch invariance holds as in the loops: an output element of a tile product depends on its
- * query's row and the key or value block only, the blocks are fixed by column (16 columns a
- * score tile, 32 a value tile, from column 0), and a column a query does not attend (masked,
- * or past its tile's span) adds an exact zero: a query's bits do not depend on the other
- * queries of its tile, nor on what masked columns hold. */
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
+ * Batch invariance holds as in the loops: an output element depends on its query's row and
+ * the key or value block only, the blocks are fixed by column (16 columns a key block, 32 a
+ * value block, from column 0), every sum runs over them in order, and a column a query does
+ * not attend (masked, or past its tile's span) adds an exact zero: a query's bits do not
+ * depend on the other queries of its tile, nor on what masked columns hold. */
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#define NEWSDESK_BF16_PAIRS 1
+#define PAIR_ROWS 16 /* queries a tile */
+#endif
+#if defined(NEWSDESK_BF16_PAIRS) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && \
     defined(__linux__)
 #define NEWSDESK_AMX 1
 #include <sys/syscall.h>
 #include <unistd.h>
-
-#define AMX_ROWS 16
 
 /* Linux gives a process AMX's tile state only once asked (ARCH_REQ_XCOMP_PERM, XTILEDATA);
  * PyTorch's oneDNN asks too, the answer is the process's. */
@@ -781,10 +784,17 @@ static void amx_configure(void) {
     config.palette = 1;
     for (int t = 0; t < 8; t++) {
         config.colsb[t] = 64;
-        config.rows[t] = AMX_ROWS;
+        config.rows[t] = PAIR_ROWS;
     }
     _tile_loadconfig(&config);
 }
+#endif
+
+#if defined(NEWSDESK_BF16_PAIRS)
+/* what the caller asks of newsdesk_prefill_attention */
+#define MODE_LOOPS 0
+#define MODE_AMX 1
+#define MODE_DPBF16 2
 
 static inline __m512 bf16x16_to_f32(__m256i raw) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
@@ -807,46 +817,18 @@ static inline __mmask16 attend16(const uint8_t *mask, int q_len, int k_len, int 
     return _mm512_test_epi32_mask(_mm512_cvtepu8_epi32(flags), _mm512_set1_epi32(0xff));
 }
 
-/* One head's tile of up to 16 queries (rows of `qb`, bf16, `dim` apart) against columns
- * [0, span) of its kv head's packed keys (kp) and values (vp). s: 16 x k_pad fp32, pb: two
- * 16 x k_pad bf16 (k_pad a multiple of 64); o: 16 x 64 fp32. Outputs to outs[r]. */
-static void tile_amx(const uint16_t *qb, int rows, int i0, const uint16_t *kp,
-                     const uint16_t *vp, int k_pad, int span, int dim, float scale,
-                     const uint8_t *mask, int q_len, int k_len, float *s, uint16_t *pb,
-                     float *o, float *const *outs) {
-    /* 64 columns a block: four score tiles, two value tiles (k_pad a multiple of 64) */
-    const int chunks = dim / 32, blocks = (span + 63) / 64;
-    /* scores of 64 columns at a time, four 16-column tiles summing q . k over the head
-     * dimension 32 at a time (four sums in flight: one would wait for each product) */
-    for (int b = 0; b < blocks; b++) {
-        const uint16_t *kb = kp + (size_t)b * 4 * chunks * 512;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int c = 0; c < chunks; c++) {
-            _tile_loadd(4, qb + 32 * c, dim * 2);
-            _tile_loadd(5, kb + (size_t)c * 512, 64);
-            _tile_loadd(6, kb + (size_t)(chunks + c) * 512, 64);
-            _tile_loadd(7, kb + (size_t)(2 * chunks + c) * 512, 64);
-            _tile_dpbf16ps(0, 4, 5);
-            _tile_dpbf16ps(1, 4, 6);
-            _tile_loadd(5, kb + (size_t)(3 * chunks + c) * 512, 64);
-            _tile_dpbf16ps(2, 4, 7);
-            _tile_dpbf16ps(3, 4, 5);
-        }
-        _tile_stored(0, s + 64 * b, k_pad * 4);
-        _tile_stored(1, s + 64 * b + 16, k_pad * 4);
-        _tile_stored(2, s + 64 * b + 32, k_pad * 4);
-        _tile_stored(3, s + 64 * b + 48, k_pad * 4);
-    }
-    /* per query: softmax's numerators over the columns it attends (zero elsewhere, up to
-     * the last value tile) as two bf16 parts, hi = e rounded and lo = the rest rounded (e -
-     * hi is exact in fp32), so that hi + lo keeps ~16 of e's 24 bits; and their fp32 sum */
-    float totals[AMX_ROWS];
+/* Per query of a tile (rows of `s`, raw scores, k_pad apart): its softmax's numerators over
+ * the columns it attends (zero elsewhere, up to the last 64-column block) as two bf16 parts,
+ * hi = e rounded and lo = the rest rounded (e - hi is exact in fp32), so that hi + lo keeps
+ * ~16 of e's 24 bits: hi at pb + r * k_pad, lo PAIR_ROWS rows further; their fp32 sum in
+ * totals[r]. A missing query (r >= rows) gets zeros. */
+static void numerators(const float *s, int rows, int i0, int k_pad, int span, float scale,
+                       const uint8_t *mask, int q_len, int k_len, uint16_t *pb,
+                       float *totals) {
+    const int blocks = (span + 63) / 64;
     const __m512 scale16 = _mm512_set1_ps(scale);
-    for (int r = 0; r < AMX_ROWS; r++) {
-        uint16_t *hi = pb + (size_t)r * k_pad, *lo = hi + AMX_ROWS * (size_t)k_pad;
+    for (int r = 0; r < PAIR_ROWS; r++) {
+        uint16_t *hi = pb + (size_t)r * k_pad, *lo = hi + PAIR_ROWS * (size_t)k_pad;
         if (r >= rows) { /* a missing query: zero probabilities, never stored */
             memset(hi, 0, sizeof(uint16_t) * 64 * (size_t)blocks);
             memset(lo, 0, sizeof(uint16_t) * 64 * (size_t)blocks);
@@ -884,6 +866,46 @@ static void tile_amx(const uint16_t *qb, int rows, int i0, const uint16_t *kp,
             _mm512_add_ps(_mm512_add_ps(sums[0], sums[1]), _mm512_add_ps(sums[2], sums[3]));
         totals[r] = _mm512_reduce_add_ps(total);
     }
+}
+#endif
+
+#if defined(NEWSDESK_AMX)
+/* One head's tile of up to 16 queries (rows of `qb`, bf16, `dim` apart) against columns
+ * [0, span) of its kv head's packed keys (kp) and values (vp), on AMX tiles. s: 16 x k_pad
+ * fp32, pb: two 16 x k_pad bf16 (k_pad a multiple of 64); o: 16 x 64 fp32. Outputs to
+ * outs[r]. */
+static void tile_amx(const uint16_t *qb, int rows, int i0, const uint16_t *kp,
+                     const uint16_t *vp, int k_pad, int span, int dim, float scale,
+                     const uint8_t *mask, int q_len, int k_len, float *s, uint16_t *pb,
+                     float *o, float *const *outs) {
+    /* 64 columns a block: four score tiles, two value tiles (k_pad a multiple of 64) */
+    const int chunks = dim / 32, blocks = (span + 63) / 64;
+    /* scores of 64 columns at a time, four 16-column tiles summing q . k over the head
+     * dimension 32 at a time (four sums in flight: one would wait for each product) */
+    for (int b = 0; b < blocks; b++) {
+        const uint16_t *kb = kp + (size_t)b * 4 * chunks * 512;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int c = 0; c < chunks; c++) {
+            _tile_loadd(4, qb + 32 * c, dim * 2);
+            _tile_loadd(5, kb + (size_t)c * 512, 64);
+            _tile_loadd(6, kb + (size_t)(chunks + c) * 512, 64);
+            _tile_loadd(7, kb + (size_t)(2 * chunks + c) * 512, 64);
+            _tile_dpbf16ps(0, 4, 5);
+            _tile_dpbf16ps(1, 4, 6);
+            _tile_loadd(5, kb + (size_t)(3 * chunks + c) * 512, 64);
+            _tile_dpbf16ps(2, 4, 7);
+            _tile_dpbf16ps(3, 4, 5);
+        }
+        _tile_stored(0, s + 64 * b, k_pad * 4);
+        _tile_stored(1, s + 64 * b + 16, k_pad * 4);
+        _tile_stored(2, s + 64 * b + 32, k_pad * 4);
+        _tile_stored(3, s + 64 * b + 48, k_pad * 4);
+    }
+    float totals[PAIR_ROWS];
+    numerators(s, rows, i0, k_pad, span, scale, mask, q_len, k_len, pb, totals);
     /* outputs, 64 dimensions a pass: probabilities . values over the columns, 32 at a time */
     for (int d0 = 0; d0 < dim; d0 += 64) {
         const size_t block = (size_t)(dim / 16) * 512; /* one value tile column block */
@@ -894,8 +916,8 @@ static void tile_amx(const uint16_t *qb, int rows, int i0, const uint16_t *kp,
         _tile_zero(3);
         for (int b = 0; b < 2 * blocks; b++) {
             const uint16_t *vb = vd + (size_t)b * block;
-            _tile_loadd(4, pb + 32 * b, k_pad * 2);                             /* hi */
-            _tile_loadd(5, pb + AMX_ROWS * (size_t)k_pad + 32 * b, k_pad * 2);  /* lo */
+            _tile_loadd(4, pb + 32 * b, k_pad * 2);                              /* hi */
+            _tile_loadd(5, pb + PAIR_ROWS * (size_t)k_pad + 32 * b, k_pad * 2);  /* lo */
             _tile_loadd(6, vb, 64);
             _tile_loadd(7, vb + 512, 64);
             _tile_dpbf16ps(0, 4, 6);
@@ -921,32 +943,114 @@ static void tile_amx(const uint16_t *qb, int rows, int i0, const uint16_t *kp,
         }
     }
 }
+#endif
 
-/* newsdesk_prefill_attention on AMX tiles (a bf16 cache, dim a multiple of 64): -1 where it
- * cannot run (no AMX permission, scratch), and the caller takes the loops. */
-static int prefill_amx(const float *q, const uint16_t *k, const uint16_t *v, long head_stride,
-                       const uint8_t *mask, float *out, int q_len, int k_len, int heads,
-                       int kv_heads, int dim, float scale, int threads) {
-    if (!amx_permitted()) return -1;
+#if defined(NEWSDESK_BF16_PAIRS)
+/* an input pair (two bf16) read as one 32-bit value, broadcast to 16 lanes */
+typedef int32_t __attribute__((aligned(2), may_alias)) pair_t;
+static inline __m512bh pair16(const uint16_t *p) {
+    return (__m512bh)_mm512_set1_epi32(*(const pair_t *)p);
+}
+
+/* tile_amx's arithmetic in vdpbf16ps, 4 queries at a time (the same layouts): each score a
+ * sum over the head dimension's pairs in order, each output one over the column pairs in
+ * order, hi's product then lo's. Keys: 16-column blocks of [dim/2 pairs][16 columns][2];
+ * values: [32-column block][16-dim block][16 column pairs][16 dims][2]. */
+static void tile_dpbf16(const uint16_t *qb, int rows, int i0, const uint16_t *kp,
+                        const uint16_t *vp, int k_pad, int span, int dim, float scale,
+                        const uint8_t *mask, int q_len, int k_len, float *s, uint16_t *pb,
+                        float *const *outs) {
+    const int pairs = dim / 2, blocks = (span + 63) / 64;
+    const int quads = (rows + 3) / 4;
+    /* scores: 4 queries by 4 blocks of 16 columns a pass, 16 sums in registers, each key
+     * load serving 4 queries and each query pair 4 blocks */
+    for (int qd = 0; qd < quads; qd++) {
+        const uint16_t *q4 = qb + (size_t)4 * qd * dim;
+        for (int b = 0; b < 4 * blocks; b += 4) {
+            const uint16_t *kb = kp + (size_t)b * 16 * dim;
+            __m512 acc[4][4];
+            for (int r = 0; r < 4; r++)
+                for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+            for (int p = 0; p < pairs; p++) {
+                __m512bh kv[4];
+                for (int j = 0; j < 4; j++)
+                    kv[j] = (__m512bh)_mm512_loadu_si512(
+                        (const void *)(kb + (size_t)j * 16 * dim + (size_t)p * 32));
+                for (int r = 0; r < 4; r++) {
+                    const __m512bh qv = pair16(q4 + (size_t)r * dim + 2 * p);
+                    for (int j = 0; j < 4; j++) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], qv, kv[j]);
+                }
+            }
+            for (int r = 0; r < 4; r++)
+                for (int j = 0; j < 4; j++)
+                    _mm512_storeu_ps(s + (size_t)(4 * qd + r) * k_pad + 16 * (b + j), acc[r][j]);
+        }
+    }
+    float totals[PAIR_ROWS];
+    numerators(s, rows, i0, k_pad, span, scale, mask, q_len, k_len, pb, totals);
+    /* outputs: 4 queries by 4 blocks of 16 dimensions a pass, over the column pairs up to the
+     * last 64-column block (its numerators past the span are zeros) */
+    const size_t vblock = (size_t)(dim / 16) * 512; /* a 32-column block of values */
+    const uint16_t *lo = pb + PAIR_ROWS * (size_t)k_pad;
+    for (int qd = 0; qd < quads; qd++) {
+        for (int d0 = 0; d0 < dim; d0 += 64) {
+            __m512 acc[4][4];
+            for (int r = 0; r < 4; r++)
+                for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+            for (int cp = 0; cp < 32 * blocks; cp++) {
+                const uint16_t *vc =
+                    vp + (size_t)(cp / 16) * vblock + (size_t)(d0 / 16) * 512 + (cp % 16) * 32;
+                __m512bh vv[4];
+                for (int j = 0; j < 4; j++)
+                    vv[j] = (__m512bh)_mm512_loadu_si512((const void *)(vc + (size_t)j * 512));
+                for (int r = 0; r < 4; r++) {
+                    const size_t at = (size_t)(4 * qd + r) * k_pad + 2 * cp;
+                    const __m512bh h = pair16(pb + at), l = pair16(lo + at);
+                    for (int j = 0; j < 4; j++) {
+                        acc[r][j] = _mm512_dpbf16_ps(acc[r][j], h, vv[j]);
+                        acc[r][j] = _mm512_dpbf16_ps(acc[r][j], l, vv[j]);
+                    }
+                }
+            }
+            for (int r = 0; r < 4 && 4 * qd + r < rows; r++) {
+                const __m512 total = _mm512_set1_ps(totals[4 * qd + r]);
+                for (int j = 0; j < 4; j++)
+                    _mm512_storeu_ps(outs[4 * qd + r] + d0 + 16 * j,
+                                     _mm512_div_ps(acc[r][j], total));
+            }
+        }
+    }
+}
+
+/* newsdesk_prefill_attention in bf16 products (a bf16 cache, dim a multiple of 64): AMX
+ * tiles (MODE_AMX) or vdpbf16ps (MODE_DPBF16); -1 where it cannot run (no AMX permission,
+ * scratch), and the caller takes the loops. */
+static int prefill_pairs(const float *q, const uint16_t *k, const uint16_t *v, long head_stride,
+                         const uint8_t *mask, float *out, int q_len, int k_len, int heads,
+                         int kv_heads, int dim, float scale, int threads, int mode) {
+#if defined(NEWSDESK_AMX)
+    if (mode == MODE_AMX && !amx_permitted()) return -1;
+#else
+    if (mode == MODE_AMX) return -1;
+#endif
     const int groups = heads / kv_heads;
-    const int k_pad = (k_len + 63) / 64 * 64, chunks = dim / 32;
-    /* per kv head: keys as score tiles [16-column block][32-dim chunk][16 dim pairs][16
-     * columns][2], values as output tiles [32-column block][16-dim block][16 column pairs][16
-     * dims][2]; columns past k_len zero */
+    const int k_pad = (k_len + 63) / 64 * 64;
+    /* per kv head: keys as 16-column blocks [16 columns][dim/2 pairs] of 32-bit words, word p
+     * of column c at [p][c % 16] (AMX's score tiles, 32 dimensions a tile), values as
+     * [32-column block][16-dim block][16 column pairs][16 dims][2] (its value tiles);
+     * columns past k_len zero */
     const size_t head_size = (size_t)k_pad * dim;
     uint16_t *kp = (uint16_t *)thread_buffer(1, sizeof(uint16_t) * 2 * kv_heads * head_size);
     if (kp == NULL) return -1;
     uint16_t *vp = kp + (size_t)kv_heads * head_size;
     const int blocks = k_pad / 64;
-    const int tiles = (q_len + AMX_ROWS - 1) / AMX_ROWS;
+    const int tiles = (q_len + PAIR_ROWS - 1) / PAIR_ROWS;
     int *spans = (int *)thread_buffer(2, sizeof(int) * (size_t)tiles);
     if (spans == NULL) return -1;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int item = 0; item < kv_heads * blocks; item++) {
         const int h = item / blocks, c_begin = (item % blocks) * 64;
         const uint16_t *kh = k + (size_t)h * head_stride, *vh = v + (size_t)h * head_stride;
-        /* keys: a column's dimension pairs as 32-bit words, word p of column c to row p % 16
-         * of chunk p / 16 of its 16-column block, at word c % 16 */
         uint32_t *kw = (uint32_t *)(kp + (size_t)h * head_size + (size_t)c_begin * dim);
         for (int c = 0; c < 64; c++) {
             const uint32_t *src = (const uint32_t *)(kh + (size_t)(c_begin + c) * dim);
@@ -978,7 +1082,7 @@ static int prefill_amx(const float *q, const uint16_t *k, const uint16_t *v, lon
     /* each tile's span: up to the causal limit of its last query, or under a mask, up to the
      * last column any of its queries attends (its last query first: usually the farthest) */
     for (int t = 0; t < tiles; t++) {
-        const int i0 = t * AMX_ROWS, rows = q_len - i0 < AMX_ROWS ? q_len - i0 : AMX_ROWS;
+        const int i0 = t * PAIR_ROWS, rows = q_len - i0 < PAIR_ROWS ? q_len - i0 : PAIR_ROWS;
         int span = k_len - q_len + i0 + rows;
         if (mask != NULL) {
             span = 0;
@@ -994,28 +1098,29 @@ static int prefill_amx(const float *q, const uint16_t *k, const uint16_t *v, lon
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
-        const size_t scratch = sizeof(float) * AMX_ROWS * (size_t)k_pad +
-                               sizeof(uint16_t) * AMX_ROWS * (2 * (size_t)k_pad + dim) +
-                               sizeof(float) * AMX_ROWS * 64;
+        const size_t scratch = sizeof(float) * PAIR_ROWS * (size_t)k_pad +
+                               sizeof(uint16_t) * PAIR_ROWS * (2 * (size_t)k_pad + dim) +
+                               sizeof(float) * PAIR_ROWS * 64;
         char *mem = (char *)malloc(scratch);
         if (mem == NULL) {
 #pragma omp atomic write
             failed = 1;
-        } else {
-            amx_configure();
         }
+#if defined(NEWSDESK_AMX)
+        if (mem != NULL && mode == MODE_AMX) amx_configure();
+#endif
         float *s = (float *)mem;
-        uint16_t *pb = (uint16_t *)(s + AMX_ROWS * (size_t)k_pad);
-        uint16_t *qb = pb + 2 * AMX_ROWS * (size_t)k_pad;
-        float *o = (float *)(qb + AMX_ROWS * (size_t)dim);
+        uint16_t *pb = (uint16_t *)(s + PAIR_ROWS * (size_t)k_pad);
+        uint16_t *qb = pb + 2 * PAIR_ROWS * (size_t)k_pad;
+        float *o = (float *)(qb + PAIR_ROWS * (size_t)dim);
 #pragma omp for schedule(dynamic, 1)
         for (int item = 0; item < heads * tiles; item++) {
             if (mem == NULL) continue;
-            const int head = item / tiles, i0 = (item % tiles) * AMX_ROWS;
-            const int rows = q_len - i0 < AMX_ROWS ? q_len - i0 : AMX_ROWS;
+            const int head = item / tiles, i0 = (item % tiles) * PAIR_ROWS;
+            const int rows = q_len - i0 < PAIR_ROWS ? q_len - i0 : PAIR_ROWS;
             const int span = spans[item % tiles];
-            float *outs[AMX_ROWS];
-            for (int r = 0; r < AMX_ROWS; r++) {
+            float *outs[PAIR_ROWS];
+            for (int r = 0; r < PAIR_ROWS; r++) {
                 uint16_t *qr = qb + (size_t)r * dim;
                 if (r >= rows) {
                     memset(qr, 0, sizeof(uint16_t) * (size_t)dim);
@@ -1028,10 +1133,21 @@ static int prefill_amx(const float *q, const uint16_t *k, const uint16_t *v, lon
                 outs[r] = out + ((size_t)(i0 + r) * heads + head) * dim;
             }
             const int kv = head / groups;
-            tile_amx(qb, rows, i0, kp + (size_t)kv * head_size, vp + (size_t)kv * head_size,
-                     k_pad, span, dim, scale, mask, q_len, k_len, s, pb, o, outs);
+            const uint16_t *kh = kp + (size_t)kv * head_size, *vh = vp + (size_t)kv * head_size;
+#if defined(NEWSDESK_AMX)
+            if (mode == MODE_AMX) {
+                tile_amx(qb, rows, i0, kh, vh, k_pad, span, dim, scale, mask, q_len, k_len, s,
+                         pb, o, outs);
+                continue;
+            }
+#endif
+            (void)o;
+            tile_dpbf16(qb, rows, i0, kh, vh, k_pad, span, dim, scale, mask, q_len, k_len, s,
+                        pb, outs);
         }
-        if (mem != NULL) _tile_release();
+#if defined(NEWSDESK_AMX)
+        if (mem != NULL && mode == MODE_AMX) _tile_release();
+#endif
         free(mem);
     }
     return failed ? -1 : 0;
@@ -1044,22 +1160,22 @@ static int prefill_amx(const float *q, const uint16_t *k, const uint16_t *v, lon
  * mask: (q_len, k_len) bytes, nonzero where query i attends column c; NULL: causal with the
  *       last query on the last column
  * out:  (q_len, heads, dim) fp32
- * amx:  on AMX tiles where they run (a bf16 cache, dim a multiple of 64; see above), else
- *       the loops */
+ * mode: 0 the loops; 1 on AMX tiles, 2 in AVX512-BF16 dot products, where they run (a bf16
+ *       cache, dim a multiple of 64; see above), else the loops */
 int newsdesk_prefill_attention(const float *q, const void *k, const void *v, long head_stride,
                                const uint8_t *mask, float *out, int q_len, int k_len, int heads,
                                int kv_heads, int dim, float scale, int threads, int kv_bf16,
-                               int amx) {
+                               int mode) {
     if (kv_heads <= 0 || heads % kv_heads != 0 || dim % LANES != 0 || dim > MAX_DIM ||
         q_len <= 0 || k_len <= 0 || (mask == NULL && q_len > k_len))
         return -1;
-#if defined(NEWSDESK_AMX)
-    if (amx && kv_bf16 && dim % 64 == 0 &&
-        prefill_amx(q, (const uint16_t *)k, (const uint16_t *)v, head_stride, mask, out, q_len,
-                    k_len, heads, kv_heads, dim, scale, threads) == 0)
+#if defined(NEWSDESK_BF16_PAIRS)
+    if ((mode == MODE_AMX || mode == MODE_DPBF16) && kv_bf16 && dim % 64 == 0 &&
+        prefill_pairs(q, (const uint16_t *)k, (const uint16_t *)v, head_stride, mask, out,
+                      q_len, k_len, heads, kv_heads, dim, scale, threads, mode) == 0)
         return 0;
 #else
-    (void)amx;
+    (void)mode;
 #endif
     const int groups = heads / kv_heads;
     const int k_pad = (k_len + LANES - 1) / LANES * LANES;
@@ -1154,11 +1270,21 @@ int newsdesk_prefill_attention(const float *q, const void *k, const void *v, lon
     return failed ? -1 : 0;
 }
 
-/* 1 where newsdesk_prefill_attention's `amx` runs on AMX tiles here (built with AMX, and the
+/* 1 where newsdesk_prefill_attention's mode 1 runs on AMX tiles here (built with AMX, and the
  * kernel lets this process use them), else 0 */
 int newsdesk_amx_attention(void) {
 #if defined(NEWSDESK_AMX)
     return amx_permitted();
+#else
+    return 0;
+#endif
+}
+
+/* 1 where newsdesk_prefill_attention's mode 2 runs in AVX512-BF16 dot products here (built
+ * with AVX512-BF16), else 0 */
+int newsdesk_dpbf16_attention(void) {
+#if defined(NEWSDESK_BF16_PAIRS)
+    return 1;
 #else
     return 0;
 #endif

@@ -1,12 +1,12 @@
-"""A bf16 model's decode-step matmuls on AMX tiles (serving/kernels/amx_matmul.c, profile option
-``cpu.amx_matmul``): the kernel's products, a row's bits whatever the row count and threads,
-the packed Linears running it in decode steps only, and a tiny bf16 LLaMA decoding a row the
-same alone (no idle neighbour) as among five. Skipped on CPUs without AMX (where the option
-changes nothing: the last test checks that on any CPU)."""
+"""A bf16 model's decode-step matmuls in the engine's own kernels: on AMX tiles
+(serving/kernels/amx_matmul.c, profile option ``cpu.amx_matmul``) and in AVX512-BF16 dot
+products (serving/kernels/bf16_matmul.c, ``cpu.bf16_matmul``), each test run for both: the
+kernel's products, a row's bits whatever the row count and threads, the packed Linears running
+it in decode steps only, and a tiny bf16 LLaMA decoding a row the same alone (no idle
+neighbour) as among five. Skipped where the CPU lacks the kernel's instructions (where its
+option changes nothing: the last test checks that on any CPU)."""
 
 from __future__ import annotations
-
-import contextlib
 
 import pytest
 import torch
@@ -14,13 +14,30 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from serving import kernels, packed_linear
-from serving.kernels import amx_matmul
+from serving.kernels import amx_matmul, bf16_matmul
+from tests.packed_support import assert_calls_agree_and_unpack
 from tests.slot_support import assert_alone_as_together
 
-needs_amx = pytest.mark.skipif(
-    not kernels.available() or amx_matmul.load() is None, reason="no AMX on this CPU"
-)
+# each kernel: its loader and the pack_linears option that asks for it
+KERNELS = {
+    "amx": (amx_matmul.load, {"amx_tiles": True}),
+    "avx512-bf16": (bf16_matmul.load, {"bf16_blocks": True}),
+}
 pytestmark = [pytest.mark.unit]
+
+
+@pytest.fixture(params=list(KERNELS))
+def kernel(request: pytest.FixtureRequest) -> tuple[bf16_matmul.StepMatmul | None, dict]:
+    """(the kernel where this CPU runs it, else None; its pack_linears option)"""
+    load, option = KERNELS[request.param]
+    return (load() if kernels.available() else None), option
+
+
+@pytest.fixture
+def ops(kernel: tuple[bf16_matmul.StepMatmul | None, dict]) -> bf16_matmul.StepMatmul:
+    if kernel[0] is None:
+        pytest.skip("this CPU does not run the kernel")
+    return kernel[0]
 
 
 def _random(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> torch.Tensor:
@@ -28,11 +45,8 @@ def _random(shape: tuple[int, ...], seed: int, scale: float = 1.0) -> torch.Tens
     return (torch.randn(shape, generator=generator) * scale).to(torch.bfloat16)
 
 
-@needs_amx
 @pytest.mark.parametrize(("n", "k"), [(960, 576), (576, 1536), (3072, 576), (49152 // 16, 576)])
-def test_the_product_is_x_times_the_weights(n: int, k: int) -> None:
-    ops = amx_matmul.load()
-    assert ops is not None
+def test_the_product_is_x_times_the_weights(ops: bf16_matmul.StepMatmul, n: int, k: int) -> None:
     w, x, b = _random((n, k), n, 0.05), _random((23, k), k), _random((n,), 1)
     got = ops.matmul(x, ops.pack(w), b)
     assert got.dtype == torch.bfloat16 and got.shape == (23, n)
@@ -41,10 +55,9 @@ def test_the_product_is_x_times_the_weights(n: int, k: int) -> None:
     assert torch.allclose(got.double(), want, rtol=2**-8, atol=1e-3)
 
 
-@needs_amx
-def test_a_rows_bits_do_not_depend_on_the_row_count_or_the_threads() -> None:
-    ops = amx_matmul.load()
-    assert ops is not None
+def test_a_rows_bits_do_not_depend_on_the_row_count_or_the_threads(
+    ops: bf16_matmul.StepMatmul,
+) -> None:
     tiles = ops.pack(_random((576, 1536), 2, 0.05))
     x = _random((45, 1536), 3)  # blocks of 16, a partial last one
     whole = ops.matmul(x, tiles)
@@ -70,44 +83,33 @@ def _block() -> nn.Module:
     return block
 
 
-@needs_amx
 @torch.inference_mode()
-def test_packed_linears_read_the_tiles_in_decode_steps_only() -> None:
-    ops = amx_matmul.load()
-    assert ops is not None
+def test_packed_linears_run_the_kernel_in_decode_steps_only(
+    ops: bf16_matmul.StepMatmul, kernel: tuple[bf16_matmul.StepMatmul | None, dict]
+) -> None:
     block = _block()
     plain = {name: m.weight.clone() for name, m in block.named_children()}
-    assert packed_linear.pack_linears(block, amx_tiles=True) == 4
+    assert packed_linear.pack_linears(block, **kernel[1]) == 4
+    assert packed_linear.steps_run_bf16_kernel(block)
     assert packed_linear.steps_read_panels(block)  # a lone row may step alone
     x = _random((6, 64), 10)
     for name, weight in plain.items():
         module = getattr(block, name)
         with packed_linear.decode_rows():
             in_step = module(x)
-        # a sibling's columns of the group's tiles are its own tiles' bits
+        # a sibling's columns of the group's product are its own product's bits
         assert torch.equal(in_step, ops.matmul(x, ops.pack(weight))), name
         outside = module(x)  # oneDNN's bf16 matmul on the same weights outside a step
         assert torch.allclose(outside.float(), in_step.float(), rtol=2**-7, atol=1e-2)
-    group = (block.q_proj, block.k_proj, block.v_proj)
-    with packed_linear.decode_rows():
-        fused = packed_linear.sibling_outputs(group, x)
-        called = [m(x) for m in group]
-    assert fused is not None and all(map(torch.equal, fused, called))
-    for context in (packed_linear.decode_rows, contextlib.nullcontext):
-        with context():
-            assert torch.equal(packed_linear.linear_output(block.o_proj, x), block.o_proj(x))
-    # without amx_tiles there are none, and a step runs oneDNN's
-    packed_linear.pack_linears(block)
-    assert not packed_linear.steps_read_panels(block)
-    with packed_linear.decode_rows():
-        assert torch.equal(block.o_proj(x), packed_linear._matmul(x, block.o_proj._packed, None))
+    assert_calls_agree_and_unpack(block, x)
 
 
-@needs_amx
-def test_weights_it_does_not_take_keep_onednn() -> None:
-    odd = nn.Linear(64, 48, bias=False).to(torch.bfloat16)  # 48 outputs: not a multiple of 32
+def test_weights_it_does_not_take_keep_onednn(
+    ops: bf16_matmul.StepMatmul, kernel: tuple[bf16_matmul.StepMatmul | None, dict]
+) -> None:
+    odd = nn.Linear(64, 40, bias=False).to(torch.bfloat16)  # 40 outputs: not a multiple of 16
     model = nn.ModuleDict({"odd": odd, "fine": nn.Linear(64, 64).to(torch.bfloat16)})
-    packed_linear.pack_linears(model, amx_tiles=True)
+    packed_linear.pack_linears(model, **kernel[1])
     assert model["odd"]._panels is None and model["fine"]._panels is not None
     assert not packed_linear.steps_read_panels(model)  # one Linear without: the idle row stays
 
@@ -123,9 +125,11 @@ def _tiny_llama() -> LlamaForCausalLM:
 
 
 @torch.inference_mode()
-def test_a_tiny_bf16_model_decodes_a_row_the_same_in_any_company() -> None:
-    """End to end on a random bf16 LLaMA with AMX tiles where this CPU has them: a row's
-    tokens and rating alone (stepping alone: no idle neighbour) as among five. Without AMX the
+def test_a_tiny_bf16_model_decodes_a_row_the_same_in_any_company(
+    kernel: tuple[bf16_matmul.StepMatmul | None, dict],
+) -> None:
+    """End to end on a random bf16 LLaMA with the kernel where this CPU runs it: a row's
+    tokens and rating alone (stepping alone: no idle neighbour) as among five. Elsewhere the
     option leaves oneDNN's steps, and the lone row keeps its idle neighbour."""
     from serving.attention import use_engine_attention
     from serving.slot_decoding import SlotBatch
@@ -134,10 +138,10 @@ def test_a_tiny_bf16_model_decodes_a_row_the_same_in_any_company() -> None:
         pytest.skip("no oneDNN bf16 matmul on this CPU")
     model = _tiny_llama()
     use_engine_attention(model, use_kernels=True)
-    packed_linear.pack_linears(model, amx_tiles=True)
-    on_amx = amx_matmul.load() is not None
-    assert (model.lm_head._panels is not None) == on_amx
+    packed_linear.pack_linears(model, **kernel[1])
+    runs = kernel[0] is not None
+    assert (model.lm_head._panels is not None) == runs
 
     lone = SlotBatch(model, slots=2, width=12, max_new_tokens=4, pad_id=0, eos_id=95)
-    assert lone.lone_row_alone == on_amx
+    assert lone.lone_row_alone == runs
     assert_alone_as_together(model)
