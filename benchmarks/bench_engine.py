@@ -247,8 +247,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "unpacked+pytorch-attention": ({"packed_weights": False, "attention_kernels": False}, {}),
     "no-lean-step": ({"lean_decode_step": False}, {}),  # decode steps through model.forward
     "no-step-kernels": ({"step_kernels": False}, {}),  # lean steps on PyTorch's small ops
-    # a bf16 model's prompts on the fp32 attention loops (what runs on CPUs without AMX)
-    "no-amx-attention": ({"amx_attention": False}, {}),
+    # a bf16 model's prompts on the fp32 attention loops, not in bf16 products (AMX tiles or
+    # AVX512-BF16 dot products)
+    "fp32-prompt-attention": ({"amx_attention": False, "bf16_attention": False}, {}),
     # a bf16 model's decode steps and ratings on oneDNN's matmuls, not the engine's AMX or
     # AVX512-BF16 kernel (a lone row beside an idle one)
     "onednn-steps": ({"amx_matmul": False, "bf16_matmul": False}, {}),

@@ -4,16 +4,16 @@ for CPUs with AVX512-BF16 (``bf16_matmul.c``, ``cpu.bf16_matmul``); the AMX one 
 
 A decode step reads all of the model's weights for a few rows (1-16). oneDNN's bf16 matmul
 reads them at about half of what the memory gives there (measured on the Zen 5 of 2026-12-01:
-all 30 layers' packed matmuls out of cache 6.5-7.1 ms at 1 row, 23-33 GB/s, against ~45 GB/s
-for a plain read), and its blocking follows the row count, so a row's bits can move with the
-rows beside it: a lone decode row stepped beside an idle one, and rows' rating passes could
-share a matmul only where a probe found it safe. In ``bf16_matmul.c`` every output is one fp32
-sum over the inputs in order, a pair at a time: a row's bits at any row count and thread count,
-by construction (tests/test_step_matmuls.py). There, 4.4-4.8 / 5.7-5.9 / 7.0 ms at 1 / 8 / 16
-rows against oneDNN's 6.5-7.1 / 7.5-7.7 / 8.2-9.2, and at the ~42-672 rows of rating passes
-about oneDNN's speed or better. Its bits equal oneDNN's for the q/k/v and gate/up shapes at
-1-5 rows, not everywhere (the output layer's never): summaries move a little (distance in
-docs/benchmarks.md).
+all 30 layers' packed matmuls out of cache 6.3-7.7 / 8.2-9.2 ms at 1 / 16 rows, 23-34 GB/s,
+against ~45 GB/s for a plain read), and its blocking follows the row count, so a row's bits can
+move with the rows beside it: a lone decode row stepped beside an idle one, and rows' rating
+passes could share a matmul only where a probe found it safe. In ``bf16_matmul.c`` every output
+is one fp32 sum over the inputs in order, a pair at a time: a row's bits at any row count and
+thread count, by construction (tests/test_step_matmuls.py). There, 4.2-4.7 / 5.6-6.0 / 6.8-7.2
+ms at 1 / 8 / 16 rows against oneDNN's 6.3-7.7 / 7.0-7.7 / 8.2-9.2, and at the ~42-672 rows of
+rating passes about oneDNN's speed or better. Its bits equal oneDNN's for the q/k/v and gate/up
+shapes at 1-5 rows, not everywhere (the output layer's never): summaries move a little
+(distance in docs/benchmarks.md).
 
 Weights are packed once at load into the kernel's layout: a second copy of the bf16 weights
 (prompts keep oneDNN's packed weights).
