@@ -88,6 +88,19 @@ def _pack(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _ROWS_HINT)
 
 
+# what a Linear holds instead of oneDNN's copy where its step layout serves every row (the
+# AVX512-BF16 kernel's): nothing would read that copy (270 MB for SmolLM2-135M in bf16)
+_NO_ONEDNN_COPY = torch.empty(0)
+
+
+def _onednn_copy(weight: torch.Tensor, layout: StepLayout | None) -> torch.Tensor:
+    """oneDNN's packed copy of ``weight``, or :data:`_NO_ONEDNN_COPY` where ``layout``'s
+    kernel serves prompts too (:func:`_product` never asks oneDNN then)."""
+    if type(layout) is bf16_matmul.Packed and layout.kernel.serves_prompts:
+        return _NO_ONEDNN_COPY
+    return _pack(weight)
+
+
 def _matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     flat = x.reshape(-1, x.shape[-1])
     return torch.ops.mkldnn._linear_pointwise(flat, packed, bias, "none", [], "")
@@ -104,7 +117,8 @@ def decode_rows() -> Iterator[None]:
     (:func:`pack_linears` with ``fp16_panels``) run on them (:mod:`serving.kernels.fp16_weights`:
     half the bytes read), bf16 weights packed for the engine's AMX or AVX512-BF16 kernel
     (``amx_tiles``, ``bf16_blocks``) on it (:mod:`serving.kernels.bf16_matmul`: a row's bits
-    at any row count); prompts, outside it, run oneDNN's matmul on the same values."""
+    at any row count); prompts, outside it, run oneDNN's matmul on the same values, except
+    on a kernel that serves prompts too (the AVX512-BF16 one)."""
     token = _DECODE_ROWS.set(True)
     try:
         yield
@@ -128,9 +142,9 @@ def _product(
     panels: StepLayout | None,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
+    if type(panels) is bf16_matmul.Packed and (panels.kernel.serves_prompts or _DECODE_ROWS.get()):
+        return panels.kernel.matmul(x, panels, bias)
     if panels is not None and _DECODE_ROWS.get():
-        if type(panels) is bf16_matmul.Packed:
-            return panels.kernel.matmul(x, panels, bias)
         kernel = fp16_weights.load()
         assert kernel is not None  # panels are made only where their kernel loads
         return kernel.matmul(x, panels, bias)
@@ -173,8 +187,8 @@ class _Siblings:
     ) -> None:
         self.members = tuple(members)
         weight = torch.cat([m.weight for m in members])
-        self.packed = _pack(weight)
         self.panels = _step_layout(weight, kernel, steps)
+        self.packed = _onednn_copy(weight, self.panels)
         biases = [m.bias for m in members]
         self.bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])  # type: ignore[union-attr]
         self.sizes = [m.out_features for m in members]
@@ -214,8 +228,8 @@ class PackedLinear(nn.Linear):
         """oneDNN's layout, and for decode steps as well fp16 panels with ``kernel`` or the
         layout of the bf16 kernel ``steps``."""
         self._dtype = self.weight.dtype
-        self._packed = _pack(self.weight)
         self._panels = _step_layout(self.weight, kernel, steps)
+        self._packed = _onednn_copy(self.weight, self._panels)
         self._siblings = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -152,12 +152,13 @@ class CpuOptions(BaseModel):
     bf16_matmul: bool = Field(
         default=True,
         description="With packed_weights, a bf16 model on a CPU with AVX512-BF16 where "
-        "amx_matmul does not apply (Zen 4/5): decode steps' and rating passes' matmuls in the "
-        "engine's AVX512-BF16 kernel (serving/kernels/bf16_matmul.c) instead of oneDNN's: each "
-        "output one fp32 sum in input order, so a row's bits at any row count (a lone row steps "
-        "alone, rows ending together share their rating passes' matmuls); reads the weights "
-        "~1.3-1.5x faster than oneDNN at a step's 1-16 rows; a second copy of the weights. Not "
-        "oneDNN's bits for every shape (distance in docs/benchmarks.md).",
+        "amx_matmul does not apply (Zen 4/5): the matmuls of decode steps, rating passes and "
+        "prompts in the engine's AVX512-BF16 kernel (serving/kernels/bf16_matmul.c) instead of "
+        "oneDNN's (whose packed copy it replaces): each output one fp32 sum in input order, so "
+        "a row's bits at any row count (a lone row steps alone, rows ending together share "
+        "their rating passes' matmuls); reads the weights ~1.3-1.5x faster than oneDNN at a "
+        "step's 1-16 rows, ~1.08x at a prompt's hundreds. Not oneDNN's bits for every shape "
+        "(distance in docs/benchmarks.md).",
     )
     lean_decode_step: bool = Field(
         default=True,
