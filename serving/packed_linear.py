@@ -42,6 +42,12 @@ also get fp16 panels (:mod:`serving.kernels.fp16_weights`): inside a decode step
 sums whatever the row count; prompts and rating passes keep oneDNN's fp32 matmuls on the same
 values. +270 MB for SmolLM2-135M.
 
+A bf16 model's weights get the layout of the engine's own bf16 kernel where the CPU runs one
+(:mod:`serving.kernels.bf16_matmul`: AMX tiles, ``cpu.amx_matmul``, or AVX512-BF16 dot
+products, ``cpu.bf16_matmul``), whose every output row is its own fixed sum at any row count:
+decode steps and rating passes run on it, and on the AVX512-BF16 kernel, which is faster than
+oneDNN at a prompt's hundreds of rows too, every inference row does, oneDNN's copy not kept.
+
 The cost is memory: the plain weights stay (PEFT merges into them, the tied output layer is
 the embedding table, training reads them), so a replica holds the Linear weights twice (+270
 MB for SmolLM2-135M in bf16, +540 MB in fp32). ``cpu.packed_weights: false`` in a profile
@@ -212,8 +218,8 @@ class _Siblings:
 
 
 class PackedLinear(nn.Linear):
-    """An ``nn.Linear`` whose inference forward uses its weight packed for oneDNN (alone, or
-    as a member of :class:`_Siblings`)."""
+    """An ``nn.Linear`` whose inference forward uses its weight packed for oneDNN or for the
+    engine's own kernels (alone, or as a member of :class:`_Siblings`)."""
 
     _packed: torch.Tensor | None = None
     _panels: StepLayout | None = None  # fp16 panels or a bf16 kernel's layout, for decode steps
