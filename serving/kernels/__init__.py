@@ -17,9 +17,9 @@ CPU (``-march=native``; OpenMP from torch's own runtime, already loaded) into
 (a shared home on a mixed cluster keeps one build per CPU kind), and called through ctypes
 (which releases the GIL). The hot loops are written out for AVX-512 and for AVX2 + FMA (CPUs
 without AVX-512), each giving the portable loops' bits (tested); the cache they read is the
-model's own dtype, bf16 or fp32. On a CPU with AMX a bf16 prompt's attention can run on AMX
-tiles or in AVX512-BF16 dot products instead (``mode``: other bits, within a few fp32 roundings;
-batch-invariant the same way).
+model's own dtype, bf16 or fp32. A bf16 prompt's attention can run on AMX tiles or in
+AVX512-BF16 dot products instead, where the CPU has them (``mode``: other bits, within a few
+fp32 roundings; batch-invariant the same way).
 
 Without a C compiler (or on a platform it does not build on) :func:`load` returns None and
 the engine keeps PyTorch's path with an fp32 cache, logged once: slower, never wrong.
