@@ -51,9 +51,9 @@ import httpx  # noqa: E402
 from benchmarks.bench_serve import body  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
 from core.article import Article  # noqa: E402
+from serving.deployments.local import replica_context  # noqa: E402
 from serving.deployments.summarizer import Summarizer  # noqa: E402
-from serving.local import replica_context  # noqa: E402
-from serving.result import Result  # noqa: E402
+from serving.model.result import Result  # noqa: E402
 from train.corpus import headline, lee_articles  # noqa: E402
 
 
@@ -141,7 +141,7 @@ def through_serve(
 
     from benchmarks.bench_serve import deploy, drop_db, make_db, wait_http
     from cluster.local_cluster import RayHead, free_port
-    from serving.app import fast_path_env
+    from serving.deployments.builder import fast_path_env
 
     state = settings.resolved_state_dir()
     work = Path(tempfile.mkdtemp(prefix="nd-bench-continuous-"))

@@ -41,15 +41,15 @@ import numpy as np  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
 from core import db  # noqa: E402
 from core.article import Article  # noqa: E402
-from core.articles import load_articles  # noqa: E402
+from core.article_rows import load_articles  # noqa: E402
 from ingestion import store as ingest_store  # noqa: E402
 from ingestion.normalizer import NormalizedEntry  # noqa: E402
-from serving.local import LocalBackend, local_app  # noqa: E402
-from serving.result import ImportanceParts, Result  # noqa: E402
-from serving.store import ResultStore  # noqa: E402
+from serving.deployments.local import LocalBackend, local_app  # noqa: E402
+from serving.digest.store import window_fingerprint  # noqa: E402
+from serving.model.result import ImportanceParts, Result  # noqa: E402
 from serving.stories.embedder import EMBEDDING_DIM  # noqa: E402
-from serving.stories.feed_store import window_fingerprint  # noqa: E402
 from serving.stories.store import assign_articles  # noqa: E402
+from serving.summaries.result_store import ResultStore  # noqa: E402
 
 TOPICS = ["politics", "business", "sport", "health", "science", "world", "climate", "tech"]
 

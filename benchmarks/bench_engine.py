@@ -50,12 +50,12 @@ from benchmarks.anchors.vllm_anchor import SETUP as VLLM_SETUP  # noqa: E402
 from benchmarks.anchors.vllm_anchor import VllmAnchor  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
 from core.article import Article  # noqa: E402
-from serving import lean_step  # noqa: E402
-from serving.decoding import left_pad  # noqa: E402
 from serving.engine import SummarizeEngine  # noqa: E402
-from serving.profiles import cpu_has_native_bf16, load_profile  # noqa: E402
-from serving.prompt import build_prompt  # noqa: E402
-from serving.result import Result  # noqa: E402
+from serving.engine.cpu import lean_step  # noqa: E402
+from serving.engine.cpu.decoding import left_pad  # noqa: E402
+from serving.model.profiles import cpu_has_native_bf16, load_profile  # noqa: E402
+from serving.model.prompt import build_prompt  # noqa: E402
+from serving.model.result import Result  # noqa: E402
 from train.corpus import headline, lee_articles  # noqa: E402
 
 
@@ -119,7 +119,7 @@ def engine_run(engine: SummarizeEngine, articles: list[Article], new_tokens: int
 class Breakdown:
     """Where one ``engine.summarize`` call's time goes. Wraps the decoder's ``decode`` and the
     scorer's ``signals`` (their own timings) and times the model's forward passes with hooks,
-    by kind: a decode step feeds one token per row (or runs :mod:`serving.lean_step`),
+    by kind: a decode step feeds one token per row (or runs :mod:`serving.engine.cpu.lean_step`),
     anything else is prefill or rating."""
 
     def __init__(self, engine: SummarizeEngine) -> None:
@@ -137,7 +137,8 @@ class Breakdown:
 
         engine.decoder.decode = timed_decode  # type: ignore[method-assign]
         engine.scorer.signals = self._timed(signals, "embed")  # type: ignore[method-assign]
-        # a decode step's forward is serving.lean_step's where it applies, else the model's
+        # a decode step's forward is serving.engine.cpu.lean_step's where it applies, else the
+        # model's
         lean_step.decode_logits = self._timed(lean_step.decode_logits, "decode_forward")  # type: ignore[assignment]
         model = engine.adapters.base
         model.register_forward_pre_hook(self._before, with_kwargs=True)

@@ -5,9 +5,9 @@
 All of SmolLM2-135M's decode-step matmuls (30 layers' q/k/v, o, gate/up and down projections,
 each layer's own weights, so they come from memory as in a real step, and the output layer) at
 each row count, both ways in the same run, alternating which goes first: the engine's path with
-``cpu.fp16_weights`` (``serving/kernels/fp16_weights.c`` on fp16 panels) and without it
-(oneDNN's matmul on fp32 weights packed once, ``serving/packed_linear.py``). The figures for the
-whole engine are ``bench_engine.py``'s (variant ``no-fp16-weights``).
+``cpu.fp16_weights`` (``serving/engine/cpu/kernels/fp16_weights.c`` on fp16 panels) and without it
+(oneDNN's matmul on fp32 weights packed once, ``serving/engine/cpu/packed_linear.py``). The figures
+for the whole engine are ``bench_engine.py``'s (variant ``no-fp16-weights``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from serving import packed_linear  # noqa: E402
-from serving.kernels import fp16_weights  # noqa: E402
+from serving.engine.cpu import packed_linear  # noqa: E402
+from serving.engine.cpu.kernels import fp16_weights  # noqa: E402
 
 # SmolLM2-135M: (out, in) of a layer's q/k/v (one packed group), o, gate/up, down; the output layer
 LAYER = [(960, 576), (576, 576), (3072, 576), (576, 1536)]

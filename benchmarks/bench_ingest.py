@@ -42,7 +42,7 @@ import feedparser
 from cluster.settings import Settings
 from core import db
 from ingestion import store
-from ingestion.poller import poll_once
+from ingestion.poll_loop import poll_once
 
 HOSTS = [f"127.0.0.{i}" for i in range(1, 9)]
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"

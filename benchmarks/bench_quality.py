@@ -39,11 +39,11 @@ sys.path.insert(0, str(ROOT))
 
 from cluster.settings import Settings  # noqa: E402
 from core.article import Article  # noqa: E402
-from serving import verifier  # noqa: E402
 from serving.engine import SummarizeEngine  # noqa: E402
-from serving.output_parser import split_sentences  # noqa: E402
-from serving.prompt import clean_text  # noqa: E402
-from serving.result import Result  # noqa: E402
+from serving.model import verifier  # noqa: E402
+from serving.model.output_parser import split_sentences  # noqa: E402
+from serving.model.prompt import clean_text  # noqa: E402
+from serving.model.result import Result  # noqa: E402
 from train.corpus import headline, lee_articles, outside_news  # noqa: E402
 
 

@@ -48,7 +48,7 @@ from benchmarks.scratch_db import scratch_database  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
 from core import db  # noqa: E402
 from core.article import content_hash  # noqa: E402
-from serving.result import ImportanceParts, Result  # noqa: E402
+from serving.model.result import ImportanceParts, Result  # noqa: E402
 from serving.search.schemas import SearchQuery  # noqa: E402
 from serving.search.store import (  # noqa: E402
     SEARCH_SQL,
@@ -57,7 +57,7 @@ from serving.search.store import (  # noqa: E402
     search,
     search_args,
 )
-from serving.store import ArticleQuery, ResultStore  # noqa: E402
+from serving.summaries.result_store import ArticleQuery, ResultStore  # noqa: E402
 from train.corpus import lee_articles  # noqa: E402
 
 SOURCES = [f"Outlet {i:02d}" for i in range(20)]

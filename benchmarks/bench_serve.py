@@ -11,7 +11,7 @@ deploys serve_config.yaml (default model, cpu-small) with a fresh database and t
 (b) ``max_batch_size`` 1 (user_config, changed live) vs 8: the Serve speedup beside the
     engine's own batch-8 / one-at-a-time speedup, same articles;
 (c) cache hits: p50/p99 latency at concurrency 1 and req/s at concurrency 32 through Serve,
-    beside the same API app (serving.api + the same cache lookup) on bare Starlette under
+    beside the same API app (serving.http.app + the same cache lookup) on bare Starlette under
     uvicorn in one process. Load from wrk when installed, else an httpx loop.
 
 (a) and (b) alternate Serve and engine in rounds (and which goes first), (c) alternates Serve
@@ -47,7 +47,7 @@ from cluster.sample_data import first_sentence  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
 from core import db  # noqa: E402
 from core.article import Article  # noqa: E402
-from serving.app import fast_path_env  # noqa: E402
+from serving.deployments.builder import fast_path_env  # noqa: E402
 from train.corpus import lee_articles  # noqa: E402
 
 
@@ -196,11 +196,11 @@ def hit_load(url: str, payload: dict[str, Any], connections: int, seconds: int) 
 
 
 def bare_server(port: int, settings_json: str, versions_json: str) -> None:
-    """Subprocess entry: serving.api over a LocalBackend (same cache lookup) under uvicorn."""
+    """Subprocess entry: serving.http.app over a LocalBackend (same cache lookup) under uvicorn."""
     import uvicorn
 
-    from serving.local import LocalBackend, local_app
-    from serving.versions import Versions
+    from serving.deployments.local import LocalBackend, local_app
+    from serving.model.versions import Versions
 
     settings = Settings.model_validate_json(settings_json)
 
@@ -328,7 +328,7 @@ def main() -> None:
         else:
             # loaded now, next to the replica's load: both run the same engine code, in
             # micro-batches of Serve's max_batch_size (8), not the profile's 16
-            from serving.profiles import load_profile
+            from serving.model.profiles import load_profile
 
             profile = load_profile("cpu-small").model_copy(update={"max_batch_size": 8})
             engine = SummarizeEngine.load(

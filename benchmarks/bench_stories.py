@@ -43,15 +43,15 @@ from cluster.settings import Settings  # noqa: E402
 from core import db  # noqa: E402
 from core.article import Article  # noqa: E402
 from ingestion.feedlist import FeedSpec, add_feeds  # noqa: E402
-from ingestion.poller import Poller  # noqa: E402
-from serving.result import ImportanceParts, Result  # noqa: E402
-from serving.store import ArticleQuery, ResultStore  # noqa: E402
+from ingestion.poll_loop import Poller  # noqa: E402
+from serving.model.result import ImportanceParts, Result  # noqa: E402
 from serving.stories.clustering import Candidates  # noqa: E402
 from serving.stories.embedder import EMBEDDING_DIM, StoryEmbedder  # noqa: E402
 from serving.stories.ranking import list_stories, story_list_args  # noqa: E402
 from serving.stories.schemas import StoryQuery  # noqa: E402
 from serving.stories.store import assign_articles  # noqa: E402
 from serving.stories.worker import StoryAssigner  # noqa: E402
+from serving.summaries.result_store import ArticleQuery, ResultStore  # noqa: E402
 from train.corpus import ensure_lee_corpus  # noqa: E402
 
 

@@ -108,8 +108,8 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
-    from serving.model_source import prepare_model
-    from serving.profiles import load_profile
+    from serving.engine.model_source import prepare_model
+    from serving.model.profiles import load_profile
     from train.config import TrainConfig
     from train.data import load_examples
 

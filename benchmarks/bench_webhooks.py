@@ -46,10 +46,10 @@ from core import db  # noqa: E402
 from core.article import Article  # noqa: E402
 from ingestion import store as ingest_store  # noqa: E402
 from ingestion.normalizer import NormalizedEntry, dedup_key  # noqa: E402
-from serving.result import ImportanceParts, Result  # noqa: E402
-from serving.store import ResultStore  # noqa: E402
+from serving.model.result import ImportanceParts, Result  # noqa: E402
 from serving.stories.embedder import EMBEDDING_DIM  # noqa: E402
 from serving.stories.worker import StoryAssigner  # noqa: E402
+from serving.summaries.result_store import ResultStore  # noqa: E402
 from serving.webhooks import store as hook_store  # noqa: E402
 from serving.webhooks.dispatcher import WebhookDispatcher  # noqa: E402
 from serving.webhooks.schemas import WebhookCreate  # noqa: E402

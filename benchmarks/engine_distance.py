@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_quality import corpora, rouge_l  # noqa: E402
 from cluster.settings import Settings  # noqa: E402
 from serving.engine import SummarizeEngine  # noqa: E402
-from serving.profiles import load_profile  # noqa: E402
-from serving.result import Result  # noqa: E402
+from serving.model.profiles import load_profile  # noqa: E402
+from serving.model.result import Result  # noqa: E402
 
 
 def parse_changes(text: str) -> dict[str, bool | int | float | str]:

@@ -1,15 +1,15 @@
 """The whole Newsdesk as one Serve application: ``cluster.app:build_app``.
 
 ``serve deploy <config>`` with this import path brings up everything on an existing Ray
-cluster: the serving app of :mod:`serving.app` (Ingress, CacheLookup, Summarizer replicas,
-the summarization loop, the story assigner) plus feed ingestion (the ``FeedIngestion``
+cluster: the serving app of :mod:`serving.deployments.builder` (Ingress, CacheLookup, Summarizer
+replicas, the summarization loop, the story assigner) plus feed ingestion (the ``FeedIngestion``
 deployment of :mod:`ingestion.deployment`: the poller, one per database through a PostgreSQL
 advisory lock). ``newsdesk up`` runs this same assembly (``cluster.serve_app``).
 
 It lives here, in the layer that puts the parts together, because serving and ingestion may
-not import each other (tests/test_import_graph.py): :func:`serving.app.compose` takes extra
-deployments as ``services`` and binds them to the Ingress, which is how Serve deploys them
-with the app and how ``/v1/stats`` shows their status (``ingestion``).
+not import each other (tests/test_import_graph.py): :func:`serving.deployments.builder.compose`
+takes extra deployments as ``services`` and binds them to the Ingress, which is how Serve deploys
+them with the app and how ``/v1/stats`` shows their status (``ingestion``).
 
 Placement comes from the config's ``args`` (the per-part options style of Ray Serve LLM's
 ``LLMConfig.deployment_config``): ``light_resources`` for every light part, feed ingestion
@@ -28,8 +28,8 @@ from ray.serve import Application
 
 from ingestion.deployment import FeedIngestionDeployment
 from ingestion.settings import IngestionSettings
-from serving.app import AppArgs, light_actor_options
-from serving.app import compose as compose_serving
+from serving.deployments.builder import AppArgs, light_actor_options
+from serving.deployments.builder import compose as compose_serving
 from serving.settings import ServingSettings
 
 
@@ -48,7 +48,7 @@ class IngestionOptions(BaseModel):
 
 
 class NewsdeskArgs(AppArgs):
-    """:class:`serving.app.AppArgs` plus feed ingestion."""
+    """:class:`serving.deployments.builder.AppArgs` plus feed ingestion."""
 
     ingestion: IngestionOptions = Field(default_factory=IngestionOptions)
 

@@ -1,6 +1,6 @@
 """``FeedPoller``: the poller as a named, optionally detached, async Ray actor.
 
-A thin shell around ``ingestion.poller.Poller``: it starts the loop on creation (again after
+A thin shell around ``ingestion.poll_loop.Poller``: it starts the loop on creation (again after
 Ray restarts it), keeps trying when the first connection gives up, and exposes the
 ``Poller``'s operations as actor methods with plain-dict results.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import ray
 
 from ingestion.logs import configure_process_logging, event
-from ingestion.poller import Poller
+from ingestion.poll_loop import Poller
 from ingestion.settings import IngestionSettings
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """FeedIngestion: the feed poller as a Ray Serve deployment, so ``serve deploy`` alone ingests.
 
-Each replica runs :class:`ingestion.poller.Poller`'s loop in its background, but only while it
+Each replica runs :class:`ingestion.poll_loop.Poller`'s loop in its background, but only while it
 holds the ingestion lock: a PostgreSQL session advisory lock (:class:`core.pg_lock.PgSessionLock`,
 key ``INGEST_LOCK_KEY``) on a connection of its own. So exactly one poller works per database
 at a time, whatever hosts it:
@@ -35,7 +35,7 @@ from ray import serve
 from core import db as dbmod
 from core.pg_lock import PgLockTimings, PgSessionLock
 from ingestion.logs import configure_process_logging, event
-from ingestion.poller import Poller
+from ingestion.poll_loop import Poller
 from ingestion.settings import IngestionSettings
 
 log = logging.getLogger(__name__)

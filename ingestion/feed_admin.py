@@ -1,6 +1,6 @@
 """Feed administration as a few operations on the database, with their results as plain
 models: what ``newsdesk feeds ...`` runs against PostgreSQL and what the HTTP feed routes
-(``serving/http/routes/feeds.py``) run for a remote ``newsdesk feeds ... --api URL``. Both
+(``serving/http/routes/feed_admin.py``) run for a remote ``newsdesk feeds ... --api URL``. Both
 sides share these models, so the CLI prints the same thing whichever way it went.
 
 Subscribing stays in ``subscriptions`` (the URL guard), lists in ``feedlist``/``opml``, the SQL

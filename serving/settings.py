@@ -45,7 +45,7 @@ class ServingSettings(CoreSettings):
         default=None, description="Redis for the shared cache tier; unset = no Redis."
     )
 
-    # --- serving app (serving/app) ----------------------------------------------------------
+    # --- serving app (serving/deployments/builder) ------------------------------------------
     api_key: SecretStr | None = Field(
         default=None,
         description="Key for write/admin routes (`X-API-Key`); unset = open.",

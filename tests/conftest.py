@@ -129,8 +129,8 @@ def engine_settings(shared_state_dir: Path) -> Settings:
 @pytest.fixture(scope="session")
 def prepared_model_dir(engine_settings: Settings) -> Path:
     """The default profile's converted transformers folder (converted once per session)."""
-    from serving.model_source import prepare_model
-    from serving.profiles import load_profile
+    from serving.engine.model_source import prepare_model
+    from serving.model.profiles import load_profile
 
     return prepare_model(load_profile("cpu-small"), engine_settings)
 
@@ -156,8 +156,8 @@ def engine(prepared_model_dir: Path, engine_settings: Settings):  # type: ignore
 @pytest.fixture
 def summarizer(engine, settings: Settings):  # type: ignore[no-untyped-def]
     """A Summarizer (plain Python, no Ray) on the session engine, in a replica context."""
+    from serving.deployments.local import replica_context
     from serving.deployments.summarizer import Summarizer
-    from serving.local import replica_context
 
     with replica_context():
         summarizer = Summarizer("cpu-small", settings, engine=engine)
@@ -171,7 +171,7 @@ async def api(summarizer, settings: Settings):  # type: ignore[no-untyped-def]
     """An HTTP client on the in-process API (LocalBackend) over ``summarizer``."""
     import httpx
 
-    from serving.local import LocalBackend, local_app
+    from serving.deployments.local import LocalBackend, local_app
 
     backend = LocalBackend(settings, summarizer)
     await backend.startup()

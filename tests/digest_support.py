@@ -17,13 +17,13 @@ import numpy as np
 
 from cluster.settings import Settings
 from core.article import Article
-from core.articles import load_articles
+from core.article_rows import load_articles
 from ingestion import store as ingest_store
 from ingestion.normalizer import NormalizedEntry
-from serving.local import LocalBackend, local_app
-from serving.store import ResultStore
+from serving.deployments.local import LocalBackend, local_app
 from serving.stories.embedder import EMBEDDING_DIM
 from serving.stories.store import assign_articles
+from serving.summaries.result_store import ResultStore
 from tests.serve_support import make_result
 
 HOUR = timedelta(hours=1)

@@ -7,7 +7,7 @@ import contextlib
 
 import torch
 
-from serving import packed_linear
+from serving.engine.cpu import packed_linear
 
 
 def assert_calls_agree_and_unpack(block: torch.nn.Module, x: torch.Tensor) -> None:

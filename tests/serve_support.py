@@ -22,7 +22,7 @@ from cluster.local_cluster import free_port
 from core.article import Article
 from ingestion import store as ingestion_store
 from ingestion.normalizer import NormalizedEntry, dedup_key
-from serving.result import ImportanceParts, Result
+from serving.model.result import ImportanceParts, Result
 
 # Short real-looking news (a few sentences each) keep the model's prompts small.
 SAMPLE_TEXTS = [

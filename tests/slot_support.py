@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from serving.slot_decoding import RowRequest, SlotBatch
+from serving.engine.cpu.slot_decoding import RowRequest, SlotBatch
 
 # what run_rows gives each prompt: its tokens and rating probabilities
 Decoded = tuple[list[int], torch.Tensor]

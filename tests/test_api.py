@@ -1,6 +1,6 @@
 """The HTTP API without Ray or the model: validation, errors, API key, OpenAPI, article reads.
 
-The real Starlette app (``serving.api``) over the in-process backend and a real PostgreSQL
+The real Starlette app (``serving.http.app``) over the in-process backend and a real PostgreSQL
 database; the model is never reached by these requests (its loader fails the test if it is).
 """
 
@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from cluster.settings import Settings
+from serving.deployments.local import LocalBackend, local_app
 from serving.deployments.summarizer import Summarizer
-from serving.local import LocalBackend, local_app
-from serving.store import ResultStore
-from serving.versions import Versions
+from serving.model.versions import Versions
+from serving.summaries.result_store import ResultStore
 from tests.serve_support import make_result, sample_article, store_articles
 
 KEY = "s3cret-key"
@@ -279,9 +279,9 @@ async def test_articles_are_ranked_by_importance_and_recency(
 async def test_an_unavailable_summarizer_is_503_504_or_an_error_in_place(
     api_settings: Settings,
 ) -> None:
-    from serving.api import build_api
+    from serving.http.app import build_api
     from serving.http.config import ApiConfig
-    from serving.result import SummarizerUnavailable
+    from serving.model.result import SummarizerUnavailable
 
     class Down(LocalBackend):
         async def summarize(self, article):  # type: ignore[no-untyped-def]

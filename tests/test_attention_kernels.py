@@ -1,5 +1,5 @@
-"""The engine's attention kernels (serving/kernels), over a bf16 model's cache and an fp32
-model's: PyTorch's attention to fp32 rounding, each row's bits independent of the rows beside
+"""The engine's attention kernels (serving/engine/cpu/kernels), over a bf16 model's cache and an
+fp32 model's: PyTorch's attention to fp32 rounding, each row's bits independent of the rows beside
 it (decode) and of the other queries of its tile (prefill), columns outside a row's mask never
 read, the portable C build and the AVX2 one giving the native build's bits, and the engine's
 attention sending the slot cache to them. A prompt's attention in bf16 products, on AMX tiles
@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving import kernels
-from serving.attention import (
+from serving.engine.cpu import kernels
+from serving.engine.cpu.attention import (
     _decode_attention,
     _prefill_attention,
     engine_attention,
@@ -284,7 +284,7 @@ def test_the_profiles_choice_reaches_every_attention_module() -> None:
     and the lean step read), and the loops with the kernels off."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from serving.attention import prefill_mode, use_engine_attention
+    from serving.engine.cpu.attention import prefill_mode, use_engine_attention
 
     config = LlamaConfig(
         vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from cluster.local_cluster import free_port
-from serving.cache import SummaryCache
-from serving.versions import Versions, cache_key
+from serving.model.versions import Versions, cache_key
+from serving.summaries.cache import SummaryCache
 from tests.serve_support import RedisServer, make_result, sample_article
 
 V1 = Versions("test-model", None, "test-v1")
@@ -154,7 +154,7 @@ async def test_unreachable_redis_from_the_start_still_answers() -> None:
 
 
 async def test_near_cache_answers_repeats_and_follows_versions() -> None:
-    from serving.lookup import NearCache, VersionTracker
+    from serving.summaries.lookup import NearCache, VersionTracker
 
     current = {"v": V1}
 

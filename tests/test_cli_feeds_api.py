@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from cluster.cli import app
 from cluster.settings import Settings
 from ingestion import store
-from serving.local import LocalBackend, local_app
+from serving.deployments.local import LocalBackend, local_app
 from tests.serve_support import app_server
 
 KEY = "cli-feeds-key"

@@ -19,7 +19,7 @@ from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve._private.build_app import build_app as serve_build_app
 from ray.serve.schema import ServeDeploySchema
 
-from serving.app import FAST_PATH_ENV
+from serving.deployments.builder import FAST_PATH_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "cluster" / "ray-cluster.gpu.yaml"

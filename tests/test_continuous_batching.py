@@ -15,9 +15,9 @@ import torch
 from core.article import Article
 from serving.deployments.summarizer import Summarizer
 from serving.engine.continuous import ContinuousBatcher
-from serving.prompt import build_prompt
-from serving.result import ArticleError, Result
-from serving.slot_decoding import RowOutput, RowRequest, SlotBatch
+from serving.engine.cpu.slot_decoding import RowOutput, RowRequest, SlotBatch
+from serving.model.prompt import build_prompt
+from serving.model.result import ArticleError, Result
 from train.corpus import headline, lee_articles
 
 NEW_TOKENS = 24
@@ -83,14 +83,14 @@ def _cache_of(layers, restore: list[torch.Tensor] | None = None) -> list[torch.T
 
 
 def test_the_lean_decode_step_gives_the_models_own_bits(engine, lee, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """serving.lean_step runs the engine's decode steps (the default model is plain LLaMA on
-    the engine's attention), with its adds, norms, rotary embeddings and cache writes in C
-    (serving.kernels.step_ops): at every step of a run with rows joining and leaving, its
+    """serving.engine.cpu.lean_step runs the engine's decode steps (the default model is plain LLaMA
+    on the engine's attention), with its adds, norms, rotary embeddings and cache writes in C
+    (serving.engine.cpu.kernels.step_ops): at every step of a run with rows joining and leaving, its
     logits and the keys and values it writes are the model's own forward's, bit for bit."""
     from transformers.cache_utils import Cache
 
-    from serving import lean_step, packed_linear
-    from serving.decoding import _logits
+    from serving.engine.cpu import lean_step, packed_linear
+    from serving.engine.cpu.decoding import _logits
 
     assert lean_step.applies(engine.decoder.model)
     rows = []
@@ -127,14 +127,14 @@ def test_compiled_prompt_and_rating_passes_give_the_models_own_bits(
     engine, lee, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     """A row's prefill, and the rating passes of the rows that end at one step (together, one
-    batch of matmuls), run through serving.lean_step.rows_logits (the compiled adds, norms,
-    rotary embeddings and cache writes): at every call of a run, each row's logits and the
+    batch of matmuls), run through serving.engine.cpu.lean_step.rows_logits (the compiled adds,
+    norms, rotary embeddings and cache writes): at every call of a run, each row's logits and the
     keys and values it writes are the model's own forward's over that row's view of the
     cache, run alone."""
     from transformers.cache_utils import Cache
 
-    from serving import lean_step
-    from serving.decoding import _logits
+    from serving.engine.cpu import lean_step
+    from serving.engine.cpu.decoding import _logits
 
     calls = []
     real = lean_step.rows_logits

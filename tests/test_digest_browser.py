@@ -21,8 +21,8 @@ from cluster.sample_data import SAMPLE_SOURCES, build_sample_feeds
 from cluster.settings import Settings
 from core import db
 from ingestion.feedlist import FeedSpec, add_feeds
-from ingestion.poller import Poller
-from serving.app import AppArgs, SummarizerOptions, compose
+from ingestion.poll_loop import Poller
+from serving.deployments.builder import AppArgs, SummarizerOptions, compose
 from serving.deployments.summarizer import SummarizerConfig
 from tests.serve_support import write_test_profile
 from train.corpus import ensure_lee_corpus

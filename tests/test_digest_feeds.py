@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from cluster.settings import Settings
-from serving.stories.feed_store import stories_updated
-from serving.stories.feeds import RENDERERS, digest_feed
+from serving.digest.formats import RENDERERS, digest_feed
+from serving.digest.store import stories_updated
 from serving.stories.ranking import list_stories, story_list_args
 from serving.stories.schemas import StoryQuery
 from tests.digest_support import (

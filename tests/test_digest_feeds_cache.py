@@ -19,8 +19,8 @@ import uvicorn
 
 from cluster.local_cluster import free_port
 from cluster.settings import Settings
+from serving.deployments.local import LocalBackend, local_app
 from serving.http.conditional import etag_matches, strong_etag, unchanged_since
-from serving.local import LocalBackend, local_app
 from tests.digest_support import (
     Desk,
     app_client,

@@ -10,8 +10,8 @@ import torch
 from cluster.settings import Settings
 from serving.engine import SummarizeEngine
 from serving.engine.loading import init_deepspeed
-from serving.profiles import load_profile
-from serving.result import Result
+from serving.model.profiles import load_profile
+from serving.model.result import Result
 from tests.engine_articles import GRADED
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from core.article import Article
-from serving.decoding import greedy_decode, left_pad
-from serving.profiles import cpu_has_native_bf16, load_profile, resolve_dtype
-from serving.prompt import build_prompt
-from serving.result import Result
+from serving.engine.cpu.decoding import greedy_decode, left_pad
+from serving.model.profiles import cpu_has_native_bf16, load_profile, resolve_dtype
+from serving.model.prompt import build_prompt
+from serving.model.result import Result
 from tests.engine_articles import GRADED
 from train.corpus import headline, lee_articles
 
@@ -44,13 +44,14 @@ def _rounded(result: Result) -> dict:
 
 def _comparable(engine):  # type: ignore[no-untyped-def]
     """Bit for bit in bf16; fp32 (CPUs without native bf16) rounds rows of different batch
-    sizes ~1e-7 apart (serving/decoding.py): the rating is compared to 0.1 there."""
+    sizes ~1e-7 apart (serving/engine/cpu/decoding.py): the rating is compared to 0.1 there."""
     return _exact if engine.profile.dtype == "bfloat16" else _rounded
 
 
 def test_each_result_is_the_same_alone_and_in_a_mixed_batch_of_8(engine, mixed_articles) -> None:
     """Bit for bit (bf16), rating included: each row is prefilled alone into fixed slots and
-    decode attention is batch-invariant (serving/decoding.py, serving/attention.py)."""
+    decode attention is batch-invariant (serving/engine/cpu/decoding.py,
+    serving/engine/cpu/attention.py)."""
     assert engine.max_batch_size >= 8
     lengths = {len(a.text) for a in mixed_articles}
     assert max(lengths) > 4 * min(lengths)
@@ -64,7 +65,7 @@ def test_each_result_is_the_same_alone_and_in_a_mixed_batch_of_8(engine, mixed_a
 
 
 def test_fp32_profile_is_batch_invariant_too(fp32_engine, mixed_articles) -> None:
-    """fp32 sgemm rounds rows of different batch sizes ~1e-7 apart (serving/decoding.py):
+    """fp32 sgemm rounds rows of different batch sizes ~1e-7 apart (serving/engine/cpu/decoding.py):
     the same summaries; the rating compared to 0.1."""
     picks = mixed_articles[1::2]
     together = fp32_engine.summarize(picks, max_new_tokens=32)
@@ -148,9 +149,9 @@ def test_int8_decode_variant_runs_the_int8_kernel_and_gives_valid_results(
 ) -> None:
     """The benchmark's int8-decode variant is real: every decoder Linear and the output layer
     become int8 in decode steps, and Results stay schema-valid. (Why no shipped profile enables
-    it: serving/cpu_speedups.py.)"""
-    from serving.cpu_speedups import Int8DecodeLinear
+    it: serving/engine/cpu/int8.py.)"""
     from serving.engine import SummarizeEngine
+    from serving.engine.cpu.int8 import Int8DecodeLinear
 
     profile = load_profile("cpu-small-fp32")
     profile = profile.model_copy(
@@ -171,7 +172,7 @@ def test_fast_profile_cuts_the_prompt_and_keeps_batch_invariance(
     """``cpu-small-fast`` (the same fp32 engine, 320 prompt tokens) keeps each article's Result
     the same alone and batched."""
     from serving.engine import SummarizeEngine
-    from serving.prompt import build_prompt
+    from serving.model.prompt import build_prompt
 
     fast = SummarizeEngine.load("cpu-small-fast", engine_settings)
     assert fast.profile.max_prompt_tokens == 320

@@ -1,8 +1,9 @@
 """The engine's CPU fast paths are exact where they say so: packed bf16 weights give
 ``F.linear``'s bits (packed fp32 weights, oneDNN's instead of MKL's, give each row bits that
 do not depend on its company), one argmax per decode step gives each row's own choice, and
-prefill attention on grouped heads gives transformers' SDPA bits (serving/packed_linear.py,
-serving/slot_decoding.py, serving/attention.py)."""
+prefill attention on grouped heads gives transformers' SDPA bits
+(serving/engine/cpu/packed_linear.py, serving/engine/cpu/slot_decoding.py,
+serving/engine/cpu/attention.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from serving import lean_step, packed_linear
-from serving.attention import _prefill_attention
-from serving.packed_linear import PackedLinear, pack_linears
-from serving.profiles import cpu_has_native_bf16
-from serving.slot_decoding import RowRequest, choose_token
+from serving.engine.cpu import lean_step, packed_linear
+from serving.engine.cpu.attention import _prefill_attention
+from serving.engine.cpu.packed_linear import PackedLinear, pack_linears
+from serving.engine.cpu.slot_decoding import RowRequest, choose_token
+from serving.model.profiles import cpu_has_native_bf16
 
 needs_onednn = pytest.mark.skipif(not packed_linear.available(), reason="no oneDNN in torch")
 needs_onednn_bf16 = pytest.mark.skipif(
@@ -66,7 +67,7 @@ def test_packed_fp32_rows_do_not_depend_on_their_company(
     prompt's rows (what batch invariance needs of a decode step's matmuls). Not alone: a
     single row can take oneDNN's one-row path (on an AMX Xeon, 2026-12-01, the down
     projection's bits moved at one row), which is why a lone row steps beside an idle one
-    (serving/slot_decoding.py), as with bf16."""
+    (serving/engine/cpu/slot_decoding.py), as with bf16."""
     torch.manual_seed(out_features + in_features)
     layer = nn.Linear(in_features, out_features, bias=False)
     weight = layer.weight.detach().clone()
@@ -96,8 +97,8 @@ def test_rating_passes_rated_together_keep_each_rows_bits_where_the_probe_says_s
     dtype: torch.dtype, out_features: int, in_features: int
 ) -> None:
     """The rating passes of rows that end at one step share each matmul
-    (serving.lean_step.rows_logits) only where a pass's rows (~42 positions) get the bits they
-    get alone in a block of any number of passes, at any place in it: what
+    (serving.engine.cpu.lean_step.rows_logits) only where a pass's rows (~42 positions) get the bits
+    they get alone in a block of any number of passes, at any place in it: what
     ``lean_step.keeps_row_bits`` probes at load must be what these blocks show (true for
     oneDNN's fp32 and AVX-512 bf16 matmuls; on AMX tiles some shapes move)."""
     if dtype == torch.bfloat16 and not packed_linear.available(torch.bfloat16):

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import pytest
 
 from core.article import Article
-from serving.output_parser import split_sentences
-from serving.prompt import clean_text
-from serving.result import ArticleError, Result
-from serving.verifier import Evidence, verify
+from serving.model.output_parser import split_sentences
+from serving.model.prompt import clean_text
+from serving.model.result import ArticleError, Result
+from serving.model.verifier import Evidence, verify
 from train.corpus import headline, lee_articles
 
 

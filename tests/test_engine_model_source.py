@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cluster.settings import Settings
-from serving.model_source import MARKER, ModelSourceError, package_gguf, prepare_model
-from serving.profiles import load_profile
+from serving.engine.model_source import MARKER, ModelSourceError, package_gguf, prepare_model
+from serving.model.profiles import load_profile
 
 
 def test_converted_folder_is_plain_transformers(prepared_model_dir: Path) -> None:
@@ -57,8 +57,8 @@ _RACER = """
 import logging, sys, time
 logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
 from cluster.settings import Settings
-from serving.model_source import prepare_model
-from serving.profiles import load_profile
+from serving.engine.model_source import prepare_model
+from serving.model.profiles import load_profile
 started = time.time()
 path = prepare_model(load_profile("cpu-small"), Settings(state_dir=sys.argv[1]))
 print(path, round(time.time() - started, 1))
@@ -87,7 +87,7 @@ def test_two_processes_preparing_at_once_convert_once(tmp_path: Path) -> None:
     # One finished folder, no temporary leftovers; exactly one conversion happened.
     assert [p.name for p in models.iterdir() if not p.name.endswith(".lock")] == [folder.name]
     logs = "".join(err for _, err in outputs)
-    assert logs.count("serving.model_source converted ") == 1, logs[-3000:]
+    assert logs.count("serving.engine.model_source converted ") == 1, logs[-3000:]
     assert json.loads((folder / MARKER).read_text())["architecture"] == "LlamaForCausalLM"
 
 
@@ -117,7 +117,7 @@ def test_profile_extends_another_and_merges_sections(tmp_path: Path) -> None:
 
 
 def test_a_profile_adapter_path_is_absolute_or_under_configs(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from serving.profiles import CONFIG_DIR, ModelProfile
+    from serving.model.profiles import CONFIG_DIR, ModelProfile
 
     shipped = ModelProfile(name="x", source="/m", adapter="adapters/selfdistill")
     assert shipped.adapter_path == CONFIG_DIR.parent / "adapters" / "selfdistill"

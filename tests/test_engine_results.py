@@ -8,9 +8,9 @@ import re
 import pytest
 
 from core.article import Article
-from serving.importance import blend
-from serving.result import ArticleError, Result
-from serving.versions import Versions
+from serving.engine.importance import blend
+from serving.model.result import ArticleError, Result
+from serving.model.versions import Versions
 from tests.engine_articles import GRADED, INJECTION
 
 GOOD = Article(
@@ -113,7 +113,7 @@ def test_importance_orders_graded_articles_from_trivial_to_historic(engine) -> N
 
 
 def test_topics_come_from_the_fixed_list(engine) -> None:
-    from serving.importance import TOPICS
+    from serving.engine.importance import TOPICS
 
     outcomes = engine.summarize([GRADED[-1], GRADED[3]], max_new_tokens=16)
     assert outcomes[0].topics[0] == "disaster"

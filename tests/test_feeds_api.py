@@ -12,8 +12,8 @@ import pytest
 
 from cluster.settings import Settings
 from ingestion import store
+from serving.deployments.local import LocalBackend, local_app
 from serving.deployments.summarizer import Summarizer
-from serving.local import LocalBackend, local_app
 
 KEY = "feeds-key"
 AUTH = {"X-API-Key": KEY}
@@ -320,7 +320,7 @@ async def test_openapi_documents_the_feed_routes_behind_the_key(client):
 def test_the_rules_come_from_the_ingestion_section_or_the_environment(tmp_path, monkeypatch):
     """In one process the composite settings carry them; a Serve replica, handed only the
     serving section, reads them from its environment like the poller on the same cluster."""
-    from serving.http.routes.feeds import feed_rules
+    from serving.http.routes.feed_admin import feed_rules
     from serving.settings import ServingSettings
 
     settings = Settings(state_dir=tmp_path, allow_loopback=True)

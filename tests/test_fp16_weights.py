@@ -1,4 +1,5 @@
-"""fp32 decode steps on weights held in fp16 (serving/kernels/fp16_weights.c, profile option
+"""fp32 decode steps on weights held in fp16 (serving/engine/cpu/kernels/fp16_weights.c, profile
+option
 ``cpu.fp16_weights``): the kernel's products, a row's bits whatever rows are beside it, every
 build's bits the same, and the packed Linears running it in decode steps only. The engine-level
 checks (every decode step of a run against the model's own forward, an article's tokens and
@@ -14,8 +15,8 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from serving import kernels, packed_linear
-from serving.kernels import fp16_weights
+from serving.engine.cpu import kernels, packed_linear
+from serving.engine.cpu.kernels import fp16_weights
 from tests.packed_support import assert_calls_agree_and_unpack
 from tests.slot_support import assert_alone_as_together
 
@@ -196,8 +197,8 @@ def test_a_tiny_fp32_model_decodes_a_row_the_same_in_any_company(step_kernels: b
     """The fp32 path end to end on a random LLaMA: weights rounded (the tied embedding with the
     output layer), panels packed, and a row's decode-step logits the same alone (beside the
     idle row) as among five; rated together (compiled step) or one row at a time."""
-    from serving.attention import use_engine_attention
-    from serving.slot_decoding import SlotBatch
+    from serving.engine.cpu.attention import use_engine_attention
+    from serving.engine.cpu.slot_decoding import SlotBatch
 
     model = _tiny_llama()
     use_engine_attention(model, use_kernels=True)

@@ -18,7 +18,7 @@ import pytest
 from cluster.settings import Settings
 from core import db
 from ingestion import store
-from ingestion.poller import poll_once
+from ingestion.poll_loop import poll_once
 from tests.feedserver import items, rss_document
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from cluster.settings import Settings
 from ingestion import store
-from ingestion.poller import Poller, poll_once
+from ingestion.poll_loop import Poller, poll_once
 from tests.feedserver import FeedServer, Item, items, rss_document
 
 

@@ -10,7 +10,7 @@ import asyncpg
 
 from cluster.settings import Settings
 from core.article import Article
-from core.articles import load_articles
+from core.article_rows import load_articles
 from ingestion import store
 from ingestion.normalizer import NormalizedEntry, dedup_key
 from ingestion.schedule import ACTIVE, DISABLED, QUARANTINED, after_failure, after_success

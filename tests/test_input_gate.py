@@ -1,5 +1,5 @@
-"""The input gate (``serving.prompt.language_problem`` via ``check_article``): text that is not
-language is refused before the model, with a message that names the problem, everywhere an
+"""The input gate (``serving.model.prompt.language_problem`` via ``check_article``): text that is
+not language is refused before the model, with a message that names the problem, everywhere an
 article comes in: the prompt code, the HTTP API (422 ``invalid_input``; in a batch the error
 stands in place and the good articles are still summarized), ``newsdesk summarize`` (an error
 JSON line) and the summarization loop (recorded once, never retried)."""
@@ -18,14 +18,14 @@ import pytest
 
 from cluster.settings import Settings
 from core.article import Article
-from serving.cache import SummaryCache
 from serving.deployments.summarizer import Summarizer
-from serving.lookup import LookupService, VersionTracker
-from serving.prompt import InputError, check_article, language_problem
-from serving.result import ArticleError, Result
-from serving.store import PERMANENT_ERRORS, ResultStore
-from serving.summarize_loop import SummarizationLoop
-from serving.versions import Versions
+from serving.model.prompt import InputError, check_article, language_problem
+from serving.model.result import ArticleError, Result
+from serving.model.versions import Versions
+from serving.summaries.cache import SummaryCache
+from serving.summaries.lookup import LookupService, VersionTracker
+from serving.summaries.loop import SummarizationLoop
+from serving.summaries.result_store import PERMANENT_ERRORS, ResultStore
 from tests.serve_support import store_articles
 
 # --- texts ------------------------------------------------------------------------------------

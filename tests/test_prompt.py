@@ -1,5 +1,5 @@
-"""The prompt and parser contract (serving/prompt.py, serving/output_parser.py), with the real
-default tokenizer."""
+"""The prompt and parser contract (serving/model/prompt.py, serving/model/output_parser.py), with
+the real default tokenizer."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 from core.article import Article
-from serving import output_parser as parser
-from serving import prompt as P
-from serving.training_example import format_training_example
+from serving.model import output_parser as parser
+from serving.model import prompt as P
+from serving.model.training_example import format_training_example
 
 
 def _article(text: str, title: str = "Storm hits coast") -> Article:

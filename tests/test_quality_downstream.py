@@ -21,14 +21,14 @@ import pytest
 
 from cluster.settings import Settings
 from core.article import Article
-from serving import metrics
+from serving.deployments.local import LocalBackend, local_app
 from serving.deployments.summarizer import Summarizer
-from serving.local import LocalBackend, local_app
-from serving.result import ArticleError, Result
-from serving.store import ResultStore
+from serving.model.result import ArticleError, Result
+from serving.model.verifier import Evidence, VerifierReport, check, verify
+from serving.model.versions import Versions
 from serving.stories.store import assign_articles
-from serving.verifier import Evidence, VerifierReport, check, verify
-from serving.versions import Versions
+from serving.summaries import metrics
+from serving.summaries.result_store import ResultStore
 from tests.serve_support import make_result, sample_article, store_articles
 
 WEB = Path(__file__).resolve().parent.parent / "serving" / "web"

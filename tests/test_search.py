@@ -17,11 +17,11 @@ import pytest
 
 from cluster.settings import Settings
 from core.article import Article
+from serving.deployments.local import LocalBackend, local_app
 from serving.deployments.summarizer import Summarizer
-from serving.local import LocalBackend, local_app
 from serving.search.schemas import SearchQuery
 from serving.search.store import Search, SearchTooBroad, marked_snippet, search
-from serving.store import ResultStore
+from serving.summaries.result_store import ResultStore
 from tests.serve_support import make_result, store_articles
 
 NOW = datetime.now(UTC)

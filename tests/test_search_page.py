@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.api import build_api
+from serving.http.app import build_api
 from serving.http.config import ApiConfig
 from serving.web import WEB_DIR
 

@@ -15,7 +15,7 @@ from ray.serve._private.build_app import build_app as serve_build_app
 from ray.serve.schema import ServeDeploySchema
 
 from cluster.app import NewsdeskArgs
-from serving.app import AppArgs, SummarizerOptions, compose
+from serving.deployments.builder import AppArgs, SummarizerOptions, compose
 from serving.deployments.summarizer import SummarizerConfig
 
 ROOT = Path(__file__).resolve().parent.parent

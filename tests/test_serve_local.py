@@ -17,7 +17,7 @@ from cluster.components import StackContext
 from cluster.local_cluster import free_port
 from cluster.serve_app import APP_NAME, ServeAppComponent
 from cluster.settings import Settings
-from serving.store import ResultStore
+from serving.summaries.result_store import ResultStore
 from tests.serve_support import sample_article, store_articles, write_test_profile
 
 

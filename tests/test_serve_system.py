@@ -26,9 +26,9 @@ import yaml
 from cluster.local_cluster import RayHead, free_port
 from core import db
 from core.article import Article
-from serving.app import fast_path_env
-from serving.result import Result
-from serving.store import ResultStore
+from serving.deployments.builder import fast_path_env
+from serving.model.result import Result
+from serving.summaries.result_store import ResultStore
 from tests.serve_support import RedisServer, sample_article, store_articles, write_test_profile
 
 pytestmark = pytest.mark.system

@@ -14,13 +14,13 @@ from pydantic import ValidationError
 
 from cluster.settings import Settings
 from core.article import Article
-from serving.cache import SummaryCache
 from serving.deployments.summarizer import Summarizer
-from serving.lookup import LookupService, VersionTracker
-from serving.result import ArticleError, Result
-from serving.store import ResultStore
-from serving.summarize_loop import SummarizationLoop
-from serving.versions import Versions
+from serving.model.result import ArticleError, Result
+from serving.model.versions import Versions
+from serving.summaries.cache import SummaryCache
+from serving.summaries.lookup import LookupService, VersionTracker
+from serving.summaries.loop import SummarizationLoop
+from serving.summaries.result_store import ResultStore
 from tests.serve_support import RedisServer, sample_article, store_articles
 
 

@@ -1,5 +1,5 @@
 """The decode step's compiled adds, norms, rotary embeddings, cache writes and a bf16 MLP's
-SiLU product (serving/kernels/step_ops.c): PyTorch's bits for every shape and layout the
+SiLU product (serving/engine/cpu/kernels/step_ops.c): PyTorch's bits for every shape and layout the
 engine gives them,
 the vector width of PyTorch's sums found on this machine (and a wrong one caught), and PyTorch's
 ops kept where the kernels do not apply. The engine-level checks (every decode step, prompt and
@@ -15,8 +15,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama import modeling_llama
 
-from serving import kernels
-from serving.kernels import step_ops
+from serving.engine.cpu import kernels
+from serving.engine.cpu.kernels import step_ops
 
 pytestmark = [
     pytest.mark.unit,

@@ -1,7 +1,7 @@
 """A bf16 model's decode-step matmuls in the engine's own kernels: on AMX tiles
-(serving/kernels/amx_matmul.c, profile option ``cpu.amx_matmul``) and in AVX512-BF16 dot
-products (serving/kernels/bf16_matmul.c, ``cpu.bf16_matmul``), each test run for both: the
-kernel's products, a row's bits whatever the row count and threads, the packed Linears running
+(serving/engine/cpu/kernels/amx_matmul.c, profile option ``cpu.amx_matmul``) and in AVX512-BF16 dot
+products (serving/engine/cpu/kernels/bf16_matmul.c, ``cpu.bf16_matmul``), each test run for both:
+the kernel's products, a row's bits whatever the row count and threads, the packed Linears running
 it in decode steps (or for every row, where it serves prompts too), and a tiny bf16 LLaMA
 decoding a row the same alone (no idle neighbour) as among five. Skipped where the CPU lacks the
 kernel's instructions (where its option changes nothing: the last test checks that on any CPU)."""
@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from serving import kernels, packed_linear
-from serving.kernels import amx_matmul, bf16_matmul
+from serving.engine.cpu import kernels, packed_linear
+from serving.engine.cpu.kernels import amx_matmul, bf16_matmul
 from tests.packed_support import assert_calls_agree_and_unpack
 from tests.slot_support import assert_alone_as_together
 
@@ -136,8 +136,8 @@ def test_a_tiny_bf16_model_decodes_a_row_the_same_in_any_company(
     """End to end on a random bf16 LLaMA with the kernel where this CPU runs it: a row's
     tokens and rating alone (stepping alone: no idle neighbour) as among five. Elsewhere the
     option leaves oneDNN's steps, and the lone row keeps its idle neighbour."""
-    from serving.attention import use_engine_attention
-    from serving.slot_decoding import SlotBatch
+    from serving.engine.cpu.attention import use_engine_attention
+    from serving.engine.cpu.slot_decoding import SlotBatch
 
     if not packed_linear.available(torch.bfloat16):
         pytest.skip("no oneDNN bf16 matmul on this CPU")

@@ -21,20 +21,20 @@ from cluster.sample_data import SAMPLE_SOURCES, build_sample_feeds, lightly_edit
 from cluster.settings import Settings
 from core import db
 from core.article import Article
-from core.articles import load_articles
+from core.article_rows import load_articles
 from ingestion import store as ingest_store
 from ingestion.feedlist import FeedSpec, add_feeds
 from ingestion.normalizer import NormalizedEntry
-from ingestion.poller import Poller
-from serving.local import LocalBackend, local_app
-from serving.result import ImportanceParts, Result
-from serving.store import ResultStore
+from ingestion.poll_loop import Poller
+from serving.deployments.local import LocalBackend, local_app
+from serving.model.result import ImportanceParts, Result
+from serving.model.versions import Versions
 from serving.stories.embedder import StoryEmbedder
 from serving.stories.ranking import list_stories, story_list_args
 from serving.stories.schemas import StoryQuery
 from serving.stories.store import assign_articles, vector_backend
 from serving.stories.worker import StoryAssigner
-from serving.versions import Versions
+from serving.summaries.result_store import ResultStore
 from serving.web.labels import why_line
 from train.corpus import lee_articles
 

@@ -20,8 +20,8 @@ from cluster.components import Stack
 from cluster.sample_data import SAMPLE_SOURCES, SampleFeedsComponent
 from cluster.settings import Settings
 from cluster.stack import DatabaseComponent
-from serving.local import LocalBackend, local_app
-from serving.store import ResultStore
+from serving.deployments.local import LocalBackend, local_app
+from serving.summaries.result_store import ResultStore
 from tests.serve_support import app_server, make_result, sample_article, store_articles
 from train.corpus import ensure_lee_corpus
 

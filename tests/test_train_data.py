@@ -229,7 +229,7 @@ async def test_lead_teacher_targets_pass_the_verifier_or_are_dropped(tmp_path: P
 def test_verifier_metrics_count_what_is_not_the_models_own_summary_as_a_fail():
     from types import SimpleNamespace
 
-    from serving.verifier import Evidence, check
+    from serving.model.verifier import Evidence, check
     from train.evaluate import own_summary, verifier_metrics
 
     article = Article(id=1, title="Musharraf wants peace", text=PAKISTAN, source="ABC")
@@ -265,8 +265,8 @@ def test_rouge_on_pairs_reports_the_pass_rate_of_both_sides(
     adapter as the other side."""
     import torch
 
-    from serving.profiles import load_profile
-    from serving.verifier import Evidence, check
+    from serving.model.profiles import load_profile
+    from serving.model.verifier import Evidence, check
     from train.corpus import lee_articles
     from train.evaluate import describe, load_eval_pairs, rouge_on_pairs
     from train.modeling import add_lora, load_base_model

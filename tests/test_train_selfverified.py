@@ -10,7 +10,7 @@ import pytest
 
 from core.article import Article
 from serving.engine import Candidate, candidate_seed
-from serving.verifier import Evidence, check
+from serving.model.verifier import Evidence, check
 from train.corpus import headline, lee_articles
 from train.generate_training_data import generate
 from train.pairs import iter_jsonl

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.article import Article
-from serving.extractive import extractive_summary
-from serving.output_parser import split_sentences
-from serving.prompt import clean_text
-from serving.verifier import Evidence, check, repair, verify
+from serving.engine.extractive import extractive_summary
+from serving.model.output_parser import split_sentences
+from serving.model.prompt import clean_text
+from serving.model.verifier import Evidence, check, repair, verify
 
 COURT = Article(
     title="Supreme Court hears challenge to federal agency funding",

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from cluster.cli import app as cli_app
 from cluster.settings import Settings
+from serving.deployments.local import LocalBackend, local_app
 from serving.deployments.summarizer import Summarizer
-from serving.local import LocalBackend, local_app
 from serving.stories.store import assign_articles
 from serving.webhooks import store
 from serving.webhooks.matcher import enqueue_for_stories

@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from cluster.settings import Settings
+from serving.deployments.local import LocalBackend, local_app
 from serving.deployments.webhooks import WebhookDispatcherRunner
-from serving.local import LocalBackend, local_app
 from serving.webhooks import store
 from serving.webhooks.dispatcher import WebhookDispatcher, backoff_s
 from serving.webhooks.schemas import WebhookCreate, WebhookEvent

@@ -17,9 +17,9 @@ import numpy as np
 
 from core.article import Article
 from serving.settings import ServingSettings
-from serving.store import ResultStore
 from serving.stories.embedder import EMBEDDING_DIM
 from serving.stories.worker import StoryAssigner
+from serving.summaries.result_store import ResultStore
 from tests.serve_support import make_result, store_articles
 
 

@@ -2,7 +2,7 @@
 
 Each pair becomes ``input_ids = prompt_ids + completion_ids`` and ``labels = [-100] * len(prompt)
 + completion_ids``: the loss is on the summary (and its end-of-turn token) only. The prompt comes
-from :func:`serving.training_example.format_training_example`, built with the same function
+from :func:`serving.model.training_example.format_training_example`, built with the same function
 as the engine's prompt. Bad lines are skipped and counted, never fatal.
 """
 
@@ -19,9 +19,9 @@ import torch
 from pydantic import ValidationError
 
 from core.article import Article
-from serving.output_parser import OutputError
-from serving.prompt import PROMPT_VERSION, InputError
-from serving.training_example import format_training_example
+from serving.model.output_parser import OutputError
+from serving.model.prompt import PROMPT_VERSION, InputError
+from serving.model.training_example import format_training_example
 from train.pairs import iter_jsonl
 
 IGNORE_INDEX = -100

@@ -8,7 +8,7 @@ path: same prompt, same greedy decoding, same parser), once with the bare base m
 with the adapter; the summaries are scored against the pair's teacher summary with
 ``rouge-score`` (ROUGE-L F1, stemmed, x100). An article the engine answers with an error scores 0.
 
-Beside ROUGE-L, each side's summaries are judged by :mod:`serving.verifier` (the engine's own
+Beside ROUGE-L, each side's summaries are judged by :mod:`serving.model.verifier` (the engine's own
 report, at the profile's ``guard.min_support``): ``pass_rate`` (share of pairs whose summary
 passes), ``mean_support`` (share of content words found in the article), the shares with
 unsupported names and numbers, and the failure codes. These measure the model, not the guard:
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from core.article import Article
-from serving.verifier import VERIFIER_VERSION, Evidence, VerifierReport, check
+from serving.model.verifier import VERIFIER_VERSION, Evidence, VerifierReport, check
 from train.pairs import iter_jsonl
 from train.settings import TrainSettings
 
@@ -120,7 +120,7 @@ def _summaries(
 def report_mode(profile: Any, settings: TrainSettings | None = None) -> Any:
     """``profile`` (a ModelProfile, a name, or None for the settings' one) with its guard in
     ``report`` mode: the engine then serves the model's own summary, whatever its report."""
-    from serving.profiles import ModelProfile, load_profile
+    from serving.model.profiles import ModelProfile, load_profile
 
     if not isinstance(profile, ModelProfile):
         profile = load_profile(profile or (settings or TrainSettings()).model_profile)
@@ -134,8 +134,8 @@ def _side(prefix: str, figures: dict[str, Any]) -> dict[str, Any]:
 
 def lead3(article: Article) -> str:
     """The article's first three sentences: a reference that needs no teacher."""
-    from serving.output_parser import split_sentences
-    from serving.prompt import clean_text
+    from serving.model.output_parser import split_sentences
+    from serving.model.prompt import clean_text
 
     return " ".join(split_sentences(clean_text(article.text))[:3])
 
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from serving.profiles import load_profile
+    from serving.model.profiles import load_profile
 
     settings = TrainSettings()
     profile_name = args.profile

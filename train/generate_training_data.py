@@ -8,7 +8,7 @@ already in either file are skipped, a line cut by a crash is dropped first. Teac
 ``--concurrency`` at a time with retries and exponential backoff; the run report
 (``OUT/report.json``, also printed) counts what was written, skipped, invalid and retried.
 
-Every target is checked by :mod:`serving.verifier` against its article, as the engine checks
+Every target is checked by :mod:`serving.model.verifier` against its article, as the engine checks
 a summary before serving it (repair, then verify; ``min_support`` from ``--profile``'s guard
 unless ``--min-support`` is given): a target that fails is dropped, counted as
 ``skipped_unfaithful`` with its failure codes in ``unfaithful`` (a model that learns from
@@ -47,9 +47,9 @@ from tqdm import tqdm
 
 from core import db
 from core.article import Article
-from core.articles import ARTICLE_COLUMNS, article_from_row
-from serving.prompt import PROMPT_VERSION, InputError, check_article
-from serving.verifier import DEFAULT_MIN_SUPPORT, VERIFIER_VERSION, Evidence, check
+from core.article_rows import ARTICLE_COLUMNS, article_from_row
+from serving.model.prompt import PROMPT_VERSION, InputError, check_article
+from serving.model.verifier import DEFAULT_MIN_SUPPORT, VERIFIER_VERSION, Evidence, check
 from train.pairs import PairWriter, article_record, split_of, story_keys
 from train.settings import TrainSettings
 from train.teachers import Teacher, TeacherError, make_teacher
@@ -73,10 +73,10 @@ class Report:
     selected: int = 0
     already_done: int = 0
     written: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
-    skipped_input: int = 0  # article text unusable (serving.prompt.check_article)
+    skipped_input: int = 0  # article text unusable (serving.model.prompt.check_article)
     invalid: int = 0  # teacher output unusable after all attempts
     failed: int = 0  # teacher errors (timeouts, HTTP) after all attempts
-    skipped_unfaithful: int = 0  # target failed serving.verifier (codes in ``unfaithful``)
+    skipped_unfaithful: int = 0  # target failed serving.model.verifier (codes in ``unfaithful``)
     skipped_extractive: int = 0  # a serve teacher's extractive fallback, not a model summary
     repaired: int = 0  # targets stored after the verifier's repair of their phrasing
     unfaithful: Counter[str] = field(default_factory=Counter)  # failure code -> targets
@@ -156,7 +156,7 @@ async def generate(
     min_support: float = DEFAULT_MIN_SUPPORT,
 ) -> Report:
     """Label ``articles`` with ``teacher`` into ``out_dir``; resumes what is there. Targets
-    that fail :func:`serving.verifier.check` (at ``min_support``) and a serve teacher's
+    that fail :func:`serving.model.verifier.check` (at ``min_support``) and a serve teacher's
     extractive fallbacks are dropped and counted (module docstring)."""
     started = time.monotonic()
     report = Report(selected=len(articles))
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out or default_pairs_dir(settings)
     min_support = args.min_support
     if min_support is None:
-        from serving.profiles import load_profile
+        from serving.model.profiles import load_profile
 
         min_support = load_profile(args.profile or settings.model_profile).guard.min_support
     engine = None

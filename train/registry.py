@@ -4,7 +4,7 @@ Every fine-tuning run is a row of ``training_runs`` (config, data, metrics, repo
 path, status), created when the run starts and finished when it ends. Promotion appends a row
 to ``adapter_promotions``; a profile serves the adapter of its latest promotion (none: the bare
 base model). A Summarizer replica reads the current promotion when it starts or is
-reconfigured (``serving.promotions``, where the query lives: serving reads these tables
+reconfigured (``serving.summaries.promotions``, where the query lives: serving reads these tables
 without importing train; re-exported here), and :func:`push_to_serve` updates a running app.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from serving.promotions import Promotion, current_promotions, promoted_adapter
+from serving.summaries.promotions import Promotion, current_promotions, promoted_adapter
 
 
 class RegistryError(LookupError):

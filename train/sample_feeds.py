@@ -4,7 +4,7 @@
 :mod:`train.corpus`, never committed) into RSS 2.0 files (:mod:`ingestion.feed_writer`), one
 item per article: a headline made from the article's first words, the text as the description,
 a stable guid and an hourly publication date. ``ingest_files`` subscribes to them as
-``file://`` feeds and polls them once with :func:`ingestion.poller.poll_once`, so the articles
+``file://`` feeds and polls them once with :func:`ingestion.poll_loop.poll_once`, so the articles
 reach PostgreSQL exactly as fetched feeds do (parse, normalize, dedup, store).
 
     python -m train.sample_feeds            # feeds under STATE_DIR/sample-data/feeds, ingested
@@ -67,7 +67,7 @@ async def ingest_files(settings: TrainSettings, paths: list[Path]) -> dict[str, 
     """Subscribe to ``paths`` as file:// feeds, poll them once; counts of what was stored."""
     from core import db
     from ingestion import store
-    from ingestion.poller import poll_once
+    from ingestion.poll_loop import poll_once
 
     pool = await db.create_pool(settings)
     try:

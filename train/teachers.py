@@ -11,9 +11,10 @@
   bigger model deployed with the gpu-7b profile teaching the small one).
 
 Every teacher returns a :class:`Label` whose summary already passed
-:func:`serving.output_parser.parse_output` (a target the serving parser would reject is useless), or
-raises :class:`TeacherError` (``retryable`` for timeouts, 429/5xx and garbage that a second
-sample may fix). Whether the summary is faithful is :mod:`serving.verifier`'s call, made by
+:func:`serving.model.output_parser.parse_output` (a target the serving parser would reject is
+useless), or raises :class:`TeacherError` (``retryable`` for timeouts, 429/5xx and garbage that a
+second sample may fix). Whether the summary is faithful is :mod:`serving.model.verifier`'s call,
+made by
 :func:`train.generate_training_data.generate` for every teacher alike; a ``serve`` Result that
 is the engine's extractive fallback is marked ``extractive_fallback`` (not a model's summary).
 (Over 400 lines: the teachers side by side, each small, behind the one Label contract; the
@@ -30,9 +31,9 @@ from typing import Any, Protocol
 import httpx
 
 from core.article import Article
-from serving.output_parser import OutputError, parse_output, split_sentences
-from serving.prompt import CLOSE_FENCE, OPEN_FENCE, SYSTEM_MESSAGE, clean_text
-from serving.verifier import Evidence, check
+from serving.model.output_parser import OutputError, parse_output, split_sentences
+from serving.model.prompt import CLOSE_FENCE, OPEN_FENCE, SYSTEM_MESSAGE, clean_text
+from serving.model.verifier import Evidence, check
 
 # v2: the lead is shortened to fewer sentences when the longer one fails the verifier (a
 # repeated phrase quoted in the second sentence: "Pakistan wants peace, Pakistan wants ...").

@@ -3,7 +3,8 @@
 Submitted as a Ray job (``ray job submit --working-dir . -- python -m train.train_finetune
 ...``) or run directly (a local Ray is started). The driver:
 
-1. converts/locates the profile's base model once (:func:`serving.model_source.prepare_model`),
+1. converts/locates the profile's base model once
+(:func:`serving.engine.model_source.prepare_model`),
 2. records the run in the registry (``training_runs``, status running),
 3. runs :func:`train.loop.train_loop_per_worker` under ``ray.train.torch.TorchTrainer`` with
    ``ScalingConfig(num_workers, use_gpu)`` from the config; the Ray Train run is named after the
@@ -94,7 +95,7 @@ def fit(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from serving.prompt import PROMPT_VERSION
+    from serving.model.prompt import PROMPT_VERSION
     from train.loop import train_loop_per_worker, worker_env
 
     state_dir = settings.resolved_state_dir()
@@ -161,9 +162,9 @@ def run_training(
     cfg: TrainConfig, settings: TrainSettings, *, register: bool = True, evaluate: bool = True
 ) -> dict[str, Any]:
     """Train, evaluate and register one run; returns the summary (also stored)."""
-    from serving.model_source import prepare_model
-    from serving.profiles import load_profile, resolve_dtype
-    from serving.prompt import PROMPT_VERSION
+    from serving.engine.model_source import prepare_model
+    from serving.model.profiles import load_profile, resolve_dtype
+    from serving.model.prompt import PROMPT_VERSION
 
     started = time.monotonic()
     profile = load_profile(cfg.profile)

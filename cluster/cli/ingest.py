@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
 
 
 async def _ingest_once(s: Settings, all_feeds: bool) -> None:
-    from ingestion.poller import Poller
+    from ingestion.poll_loop import Poller
 
     poller = Poller(s)
     await poller.start()
@@ -94,7 +94,7 @@ async def _ingest_once(s: Settings, all_feeds: bool) -> None:
 
 
 async def _ingest_forever(s: Settings) -> None:
-    from ingestion.poller import Poller
+    from ingestion.poll_loop import Poller
 
     poller = Poller(s)
     await poller.start()

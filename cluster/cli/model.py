@@ -35,8 +35,8 @@ def prepare(
     """Convert the profile's model into a transformers folder (once) and print its path."""
     cfg = settings()
     with stdout_for_data() as out:  # the path only: `cd "$(newsdesk model prepare)"`
-        from serving.model_source import prepare_model
-        from serving.profiles import load_profile
+        from serving.engine.model_source import prepare_model
+        from serving.model.profiles import load_profile
 
         path = prepare_model(load_profile(profile or cfg.model_profile), cfg)
         out.write(f"{path}\n")
@@ -89,7 +89,7 @@ def summarize(
     # stdout: the JSON lines only; the engine's imports, load and runs write to stderr
     with stdout_for_data() as out:
         from serving.engine import SummarizeEngine
-        from serving.result import ArticleError
+        from serving.model.result import ArticleError
 
         err_console.print(f"loading the model ({profile or cfg.model_profile})...")
         engine = SummarizeEngine.load(profile or cfg.model_profile, cfg, adapter=adapter)

@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(2)
             components = [c for c in known if c.name in only]
         stack = Stack(s, components)
-        from serving.app import fast_path_env
+        from serving.deployments.builder import fast_path_env
 
         # before ray.init: Serve's HAProxy fast path, with files and ports of its own
         for name, value in fast_path_env().items():

@@ -1,8 +1,8 @@
 """CacheLookup: answers from the cache or the store when it can, else asks the Summarizer.
 
-Runs :class:`serving.lookup.LookupService` with a DeploymentHandle to the Summarizer behind
-it. One article per call, so that ``@serve.batch`` in the Summarizer batches articles from all
-callers together and Serve spreads them over the Summarizer replicas.
+Runs :class:`serving.summaries.lookup.LookupService` with a DeploymentHandle to the Summarizer
+behind it. One article per call, so that ``@serve.batch`` in the Summarizer batches articles from
+all callers together and Serve spreads them over the Summarizer replicas.
 
 **The one retry hop.** A Summarizer replica that dies mid-request (``ActorDiedError`` /
 unavailable) is retried once, here: Serve routes the retry to a live replica, or waits for the
@@ -14,7 +14,7 @@ Ingress and the loop do not retry their call to this light deployment: a second 
 would multiply the attempts (and the wait) for a request the Summarizer cannot serve; a lost
 CacheLookup replica is answered 503 with Retry-After.
 
-**Unavailable.** A second failure is a :class:`~serving.result.SummarizerUnavailable`, which
+**Unavailable.** A second failure is a :class:`~serving.model.result.SummarizerUnavailable`, which
 :meth:`CacheLookup.summarize` *returns* (a raised exception would cross the handle as a
 RayTaskError with a traceback for its text, and be logged as a failed request); callers get
 it back raised, as is, from :func:`summarize_via`. Nothing is dropped without a reply.
@@ -32,12 +32,12 @@ from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from core.article import Article
-from serving.cache import SummaryCache
-from serving.lookup import LookupService, Source, VersionTracker
-from serving.result import Outcome, SummarizerUnavailable
+from serving.model.result import Outcome, SummarizerUnavailable
+from serving.model.versions import Versions, summarizer_versions
 from serving.settings import ServingSettings
-from serving.store_handle import StoreHandle
-from serving.versions import Versions, summarizer_versions
+from serving.summaries.cache import SummaryCache
+from serving.summaries.lookup import LookupService, Source, VersionTracker
+from serving.summaries.store_handle import StoreHandle
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class CacheLookup:
 async def summarize_via(cache_lookup: DeploymentHandle, article: Article) -> tuple[Outcome, str]:
     """One article through CacheLookup, for its callers (the Ingress, the loop).
 
-    Raises :class:`~serving.result.SummarizerUnavailable`: the one CacheLookup returned, or
+    Raises :class:`~serving.model.result.SummarizerUnavailable`: the one CacheLookup returned, or
     one for a CacheLookup that could not be reached (not retried: see the module docstring).
     """
     try:

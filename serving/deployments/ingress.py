@@ -1,4 +1,4 @@
-"""Ingress: the HTTP entry. Mounts the Starlette app of :mod:`serving.api` (Serve's late-bound
+"""Ingress: the HTTP entry. Mounts the Starlette app of :mod:`serving.http.app` (Serve's late-bound
 ASGI ingress, ``__serve_build_asgi_app__``) over a backend made of DeploymentHandles:
 summaries through CacheLookup, article reads from PostgreSQL, readiness and statistics from
 every deployment."""
@@ -15,19 +15,19 @@ from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
 from core.article import Article
-from serving.api import build_api
 from serving.deployments.cache_lookup import summarize_via
+from serving.http.app import build_api
 from serving.http.config import ApiConfig
 from serving.http.errors import BackendUnavailable
-from serving.lookup import NearCache, VersionTracker
-from serving.result import Outcome
-from serving.schemas import Check
+from serving.http.schemas import Check
+from serving.model.result import Outcome
+from serving.model.versions import summarizer_versions
 from serving.settings import ServingSettings
-from serving.store import ArticleQuery, ResultStore, StoredArticle
-from serving.store_handle import StoreHandle
 from serving.stories.ranking import list_stories, story_list_args
 from serving.stories.schemas import StoryList, StoryQuery
-from serving.versions import summarizer_versions
+from serving.summaries.lookup import NearCache, VersionTracker
+from serving.summaries.result_store import ArticleQuery, ResultStore, StoredArticle
+from serving.summaries.store_handle import StoreHandle
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""SummarizationLoop deployment: runs :class:`serving.summarize_loop.SummarizationLoop` in the
+"""SummarizationLoop deployment: runs :class:`serving.summaries.loop.SummarizationLoop` in the
 background of one replica, sending articles through CacheLookup (so the cache and the store
 see them like API requests). ``check_health`` fails if the loop task ever ends, so Serve
 restarts the replica instead of leaving a dead loop behind. Its status also carries the
@@ -16,11 +16,11 @@ from ray.serve.handle import DeploymentHandle
 
 from core.article import Article
 from serving.deployments.cache_lookup import summarize_via
-from serving.result import Outcome
+from serving.model.result import Outcome
+from serving.model.versions import Versions
 from serving.settings import ServingSettings
-from serving.store_handle import StoreHandle
-from serving.summarize_loop import SummarizationLoop
-from serving.versions import Versions
+from serving.summaries.loop import SummarizationLoop
+from serving.summaries.store_handle import StoreHandle
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serving.settings import ServingSettings
-from serving.store_handle import StoreHandle
 from serving.stories.worker import StoryAssigner
+from serving.summaries.store_handle import StoreHandle
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ deploy changes the ``user_config``), first match wins:
 
 1. ``adapter`` given in ``user_config`` (a folder, or ``null`` for the bare base model): a pin,
    e.g. a live push (``train.registry.push_to_serve``, which promotion itself uses);
-2. else the profile's latest promotion in the registry (``serving.promotions``; a promotion of
+2. else the profile's latest promotion in the registry (``serving.summaries.promotions``; a
+promotion of
    "no run" means the bare base), read from the database at that moment;
 3. else the profile's own ``adapter`` (none for most profiles).
 
@@ -31,8 +32,9 @@ So a redeploy of a config file that leaves ``adapter`` out, or a replica restart
 node, serves the promoted adapter; a pin wins until a deploy without it (or the next
 promotion's push, which replaces it). If the registry cannot be read, the replica keeps what
 it serves and says why in ``info()``.
-Batches never exceed the deployment's ``max_ongoing_requests``: :func:`serving.app.build_app`
-keeps it at twice the batch size so the next batch fills while one runs.
+Batches never exceed the deployment's ``max_ongoing_requests``:
+:func:`serving.deployments.builder.build_app` keeps it at twice the batch size so the next batch
+fills while one runs.
 
 The class is plain Python: tests drive ``summarize`` concurrently as async code with a real
 engine, without Ray.
@@ -53,14 +55,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from core.article import Article
-from serving import metrics
 from serving.engine import SummarizeEngine
 from serving.engine.continuous import ContinuousBatcher
-from serving.profiles import ModelProfile
-from serving.promotions import read_promotion
-from serving.result import ArticleError, Outcome, Result
+from serving.model.profiles import ModelProfile
+from serving.model.result import ArticleError, Outcome, Result
+from serving.model.versions import Versions
 from serving.settings import ServingSettings
-from serving.versions import Versions
+from serving.summaries import metrics
+from serving.summaries.promotions import read_promotion
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,7 +92,7 @@ class Summarizer:
 
     Its versions (model, adapter, prompt) are the engine's, read once at load and again when
     ``reconfigure`` swaps the adapter; every outcome it returns carries them, which is how the
-    callers' :class:`~serving.lookup.VersionTracker` learns of a change first."""
+    callers' :class:`~serving.summaries.lookup.VersionTracker` learns of a change first."""
 
     def __init__(
         self,

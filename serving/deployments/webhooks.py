@@ -12,7 +12,7 @@ from typing import Any
 from ray import serve
 
 from serving.settings import ServingSettings
-from serving.store_handle import StoreHandle
+from serving.summaries.store_handle import StoreHandle
 from serving.webhooks import store as webhook_store
 from serving.webhooks.dispatcher import WebhookDispatcher
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from core.article import Article
-from serving import prompt, verifier
+from serving.model import prompt, verifier
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from serving import verifier
 from serving.engine.batching import Pending
 from serving.engine.guard import verify
-from serving.output_parser import OutputError, parse_output
+from serving.model import verifier
+from serving.model.output_parser import OutputError, parse_output
 
 
 @dataclass(frozen=True)

@@ -4,16 +4,16 @@ it the moment their summary ends.
 :meth:`SummarizeEngine.summarize` decodes a micro-batch from its first token to its last: a
 summary that ends early holds its row until the longest one ends, and an article that arrives
 meanwhile waits for the whole batch. :class:`ContinuousBatcher` runs one persistent loop on the
-engine's thread over a :class:`~serving.slot_decoding.SlotBatch` of ``max_batch_size`` slots:
-each turn it admits waiting articles into free slots (each prefilled on its own), runs one
+engine's thread over a :class:`~serving.engine.cpu.slot_decoding.SlotBatch` of ``max_batch_size``
+slots: each turn it admits waiting articles into free slots (each prefilled on its own), runs one
 decode step for every active row, and finishes each row that ended: the guard judges it (a
 retry re-enters the loop as a new row, ahead of new arrivals), the extractive fallback when the
 model's text fails, the importance signals, the Result, and the caller's future is resolved.
 
 The same parts as the batch path, in the same order, on the same numbers: the slot decoder
 gives an article the same tokens and rating alone, in a batch, or joining mid-way (batch
-invariance by construction, :mod:`serving.slot_decoding`), so an article's Result does not
-depend on what joins or leaves around it, nor on which path served it.
+invariance by construction, :mod:`serving.engine.cpu.slot_decoding`), so an article's Result does
+not depend on what joins or leaves around it, nor on which path served it.
 
 Anything else that needs the engine (an adapter swap) goes through :meth:`call`: the loop stops
 admitting, lets the active rows finish, runs it, and starts again on the new weights.
@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from core.article import Article
-from serving import prompt
-from serving.engine import results
+from serving.engine import result_assembly
 from serving.engine.batching import Pending
+from serving.engine.cpu.slot_decoding import RowOutput, RowRequest, SlotBatch
 from serving.engine.generate import RETRY_REPETITION_PENALTY
 from serving.engine.guard import Guard, Judged
-from serving.result import ArticleError, Result
-from serving.slot_decoding import RowOutput, RowRequest, SlotBatch
+from serving.model import prompt
+from serving.model.result import ArticleError, Result
 
 if TYPE_CHECKING:
     from serving.engine.engine import SummarizeEngine
@@ -99,12 +99,12 @@ class ContinuousBatcher:
                 self.engine.tokenizer, article, self.engine.profile.max_prompt_tokens
             )
         except prompt.InputError as exc:
-            future.set_result(results.error(article, exc.code, str(exc), versions))
+            future.set_result(result_assembly.error(article, exc.code, str(exc), versions))
             return future
         except Exception as exc:  # a tokenizer failure on odd input: that article only
             log.exception("prompt building failed")
             future.set_result(
-                results.error(article, "invalid_input", f"cannot read: {exc}", versions)
+                result_assembly.error(article, "invalid_input", f"cannot read: {exc}", versions)
             )
             return future
         item = _Article(Pending.of(0, article, built), future, time.perf_counter())
@@ -268,7 +268,7 @@ class ContinuousBatcher:
                 engine.outcomes[
                     (judged.method, judged.report.verdict if judged.report else "none")
                 ] += 1
-            times = results.BatchTimes(
+            times = result_assembly.BatchTimes(
                 called=item.submitted,
                 batch_started=item.admitted,
                 finished=finished,
@@ -278,7 +278,7 @@ class ContinuousBatcher:
                 embed_s=embed_s,
                 guard_s=item.guard_s,
             )
-            outcome = results.outcome(
+            outcome = result_assembly.outcome(
                 item.pending.article, judged, probs, signal, weights, versions, times
             )
             self.finished += 1
@@ -286,7 +286,7 @@ class ContinuousBatcher:
 
     def _answer_error(self, item: _Article, message: str) -> None:
         if not item.future.done():
-            error = results.error(
+            error = result_assembly.error(
                 item.pending.article, "internal_error", message, self.engine.versions
             )
             item.future.set_result(error)

@@ -12,7 +12,7 @@ training's evaluation::
 
 ``summarize`` is synchronous and thread-compatible but not reentrant (one call at a time per
 engine; the Serve replica serialises calls). This class only orchestrates its parts, each in
-its own module of this package: prompts are built by :mod:`serving.prompt`; articles go in
+its own module of this package: prompts are built by :mod:`serving.model.prompt`; articles go in
 micro-batches of ``max_batch_size``, longest prompt first (:mod:`.batching`); each micro-batch
 is decoded (:mod:`.generate`) and judged by the guard (:mod:`.guard`: parse, verify, one retry,
 the extractive fallback); the Results are assembled with their importance and timings
@@ -34,20 +34,20 @@ from typing import Any
 import torch
 
 from core.article import Article
-from serving import prompt
-from serving.decoding import Sampling
-from serving.engine import identity, loading, results
+from serving.engine import identity, loading, result_assembly
 from serving.engine.adapters import Adapters
 from serving.engine.batching import Pending, contained, micro_batches
 from serving.engine.candidates import Candidate, candidate_seed, judge_candidate
+from serving.engine.cpu.decoding import Sampling
 from serving.engine.generate import Decoder
 from serving.engine.guard import Guard, Judged
-from serving.importance import ImportanceScorer
-from serving.model_source import prepare_model
-from serving.profiles import ModelProfile, load_profile
-from serving.result import ArticleError, Result
+from serving.engine.importance import ImportanceScorer
+from serving.engine.model_source import prepare_model
+from serving.model import prompt
+from serving.model.profiles import ModelProfile, load_profile
+from serving.model.result import ArticleError, Result
+from serving.model.versions import Versions
 from serving.settings import ServingSettings
-from serving.versions import Versions
 
 log = logging.getLogger(__name__)
 
@@ -200,12 +200,12 @@ class SummarizeEngine:
             try:
                 built = prompt.build_prompt(self.tokenizer, article, self.profile.max_prompt_tokens)
             except prompt.InputError as exc:
-                outcomes[index] = results.error(article, exc.code, str(exc), versions)
+                outcomes[index] = result_assembly.error(article, exc.code, str(exc), versions)
                 continue
             except Exception as exc:  # a tokenizer failure on odd input: that article only
                 log.exception("prompt building failed")
                 message = f"cannot read: {exc}"
-                outcomes[index] = results.error(article, "invalid_input", message, versions)
+                outcomes[index] = result_assembly.error(article, "invalid_input", message, versions)
                 continue
             pending.append(Pending.of(index, article, built))
 
@@ -216,7 +216,7 @@ class SummarizeEngine:
 
         def failed(item: Pending, exc: Exception) -> ArticleError:
             message = f"{type(exc).__name__}: {exc}"
-            return results.error(item.article, "internal_error", message, versions)
+            return result_assembly.error(item.article, "internal_error", message, versions)
 
         size = self.profile.max_batch_size
         for chunk in micro_batches(pending, size, lambda p: len(p.prompt.ids)):
@@ -286,7 +286,7 @@ class SummarizeEngine:
         started = time.perf_counter()
         signals = self.scorer.signals([p.article for p in chunk])
         embed_s = time.perf_counter() - started
-        times = results.BatchTimes(
+        times = result_assembly.BatchTimes(
             called=called,
             batch_started=batch_started,
             finished=time.perf_counter(),
@@ -304,7 +304,9 @@ class SummarizeEngine:
                 self.outcomes[(j.method, j.report.verdict if j.report else "none")] += 1
             rating = probs[row] if probs is not None else None
             out.append(
-                results.outcome(item.article, j, rating, signals[row], weights, versions, times)
+                result_assembly.outcome(
+                    item.article, j, rating, signals[row], weights, versions, times
+                )
             )
         return out
 
@@ -345,7 +347,7 @@ class SummarizeEngine:
                         self.tokenizer, article, self.profile.max_prompt_tokens
                     )
                 except prompt.InputError as exc:
-                    out.append(results.error(article, exc.code, str(exc), versions))
+                    out.append(result_assembly.error(article, exc.code, str(exc), versions))
                     continue
                 out.append([])
                 item = Pending.of(index, article, built)

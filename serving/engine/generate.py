@@ -2,7 +2,7 @@
 
 Two decoders, one interface (:meth:`Decoder.decode`):
 
-- the engine's own loop, :func:`serving.decoding.greedy_decode` (greedy, or sampling for
+- the engine's own loop, :func:`serving.engine.cpu.decoding.greedy_decode` (greedy, or sampling for
   :meth:`SummarizeEngine.sample`), with the shared-prefix KV cache and, on CPU, each prompt
   prefilled alone into fixed-width slots (batch invariance by construction); it rates each
   summary in the same pass;
@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from serving import kernels, prompt
-from serving.decoding import (
+from serving.engine.cpu import kernels
+from serving.engine.cpu.decoding import (
     DecodeOutput,
     PrefixCache,
     Sampling,
@@ -30,9 +30,10 @@ from serving.decoding import (
     greedy_decode,
     left_pad,
 )
+from serving.engine.cpu.slot_decoding import SlotBatch, decode_in_slots
 from serving.engine.loading import replaces_modules
-from serving.profiles import ModelProfile
-from serving.slot_decoding import SlotBatch, decode_in_slots
+from serving.model import prompt
+from serving.model.profiles import ModelProfile
 
 RETRY_REPETITION_PENALTY = 1.3
 
@@ -61,13 +62,14 @@ class Decoder:
         self.lean_step = profile.cpu.lean_decode_step
         self.step_kernels = profile.cpu.step_kernels
         on_cpu = device.type == "cpu"
-        # bf16 weights on CPU: fp32 KV cache, as attention runs in fp32 (serving/attention.py).
+        # bf16 weights on CPU: fp32 KV cache, as attention runs in fp32
+        # (serving/engine/cpu/attention.py).
         self.cache_dtype = (
             torch.float32 if on_cpu and profile.dtype in ("bfloat16", "float16") else None
         )
         # The slot cache (every greedy CPU decode) holds bf16 where the engine's attention
-        # kernels read it (serving/kernels): keys and values are computed in bf16, so storing
-        # them in bf16 is exact, and attention still sums in fp32.
+        # kernels read it (serving/engine/cpu/kernels): keys and values are computed in bf16, so
+        # storing them in bf16 is exact, and attention still sums in fp32.
         use_kernels = (
             on_cpu
             and profile.dtype == "bfloat16"
@@ -76,7 +78,7 @@ class Decoder:
         )
         self.slot_cache_dtype = torch.bfloat16 if use_kernels else self.cache_dtype
         # CPU: each prompt prefilled alone into fixed-width slots (batch invariance by
-        # construction, serving/decoding.py); GPU: the batch prefilled together.
+        # construction, serving/engine/cpu/decoding.py); GPU: the batch prefilled together.
         self.slots: int | None = None
         if on_cpu:
             prefix = len(prompt.prefix_ids(tokenizer))
@@ -94,8 +96,8 @@ class Decoder:
             self.prefix = compute_prefix_cache(self.model, ids, self.cache_dtype)
 
     def slot_batch(self, slots: int, max_new_tokens: int) -> SlotBatch:
-        """An empty :class:`~serving.slot_decoding.SlotBatch` of ``slots`` rows on the model
-        attached now (CPU: ``self.slots`` is set), for budgets up to ``max_new_tokens``."""
+        """An empty :class:`~serving.engine.cpu.slot_decoding.SlotBatch` of ``slots`` rows on the
+        model attached now (CPU: ``self.slots`` is set), for budgets up to ``max_new_tokens``."""
         assert self.slots is not None, "slot decoding is the CPU path"
         return SlotBatch(
             self.model,

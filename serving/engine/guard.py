@@ -1,11 +1,12 @@
 """The guard (the profile's ``guard``): what the engine serves when the model's output is not fit.
 
-Each output is parsed (:mod:`serving.output_parser`), its phrasing repaired and checked against
-its article (:mod:`serving.verifier`). An output that does not parse (empty, an echo of the
-prompt) gets a second decode (``retry: failed`` retries every failing one); a summary that still
-fails is replaced by the article's own most central lead sentences (:mod:`serving.extractive`),
-and the report says why. ``mode``: ``enforce`` serves only summaries that pass; ``report``
-serves the model's summary whatever its report says; ``off`` serves the model alone, unverified.
+Each output is parsed (:mod:`serving.model.output_parser`), its phrasing repaired and checked
+against its article (:mod:`serving.model.verifier`). An output that does not parse (empty, an echo
+of the prompt) gets a second decode (``retry: failed`` retries every failing one); a summary that
+still fails is replaced by the article's own most central lead sentences
+(:mod:`serving.engine.extractive`), and the report says why. ``mode``: ``enforce`` serves only
+summaries that pass; ``report`` serves the model's summary whatever its report says; ``off`` serves
+the model alone, unverified.
 
 The guard decides; the engine decodes (:mod:`serving.engine.generate`).
 """
@@ -16,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from serving import verifier
 from serving.engine.batching import Pending
-from serving.extractive import Embed, extractive_summary
-from serving.output_parser import OutputError, ParsedOutput, parse_output
-from serving.profiles import GuardOptions
+from serving.engine.extractive import Embed, extractive_summary
+from serving.model import verifier
+from serving.model.output_parser import OutputError, ParsedOutput, parse_output
+from serving.model.profiles import GuardOptions
 
 
 @dataclass

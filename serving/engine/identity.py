@@ -1,7 +1,7 @@
 """What produced a summary: the ONE place that derives model_id, adapter_id and prompt_version.
 
-Results, caches and the store are keyed by these three (:class:`serving.versions.Versions`), so
-each must change exactly when the summaries can: the model's weights, dtype and int8 variant;
+Results, caches and the store are keyed by these three (:class:`serving.model.versions.Versions`),
+so each must change exactly when the summaries can: the model's weights, dtype and int8 variant;
 the adapter's weights; the prompt and the guard that judged its output. The engine reports them
 as ``engine.versions``; nobody else builds them from parts.
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from serving import prompt, verifier
 from serving.engine import loading
-from serving.profiles import ModelProfile
+from serving.model import prompt, verifier
+from serving.model.profiles import ModelProfile
+from serving.model.versions import Versions
 from serving.settings import ServingSettings
-from serving.versions import Versions
 
 
 def model_id(profile: ModelProfile, settings: ServingSettings, model_dir: Path) -> str:

@@ -4,8 +4,8 @@ transformers ``AutoModelForCausalLM.from_pretrained(folder, dtype=...)`` on the 
 the tokenizer with ``padding_side="left"``; then :func:`finish` turns the (possibly adapted)
 base model into what forward passes call: ``deepspeed.init_inference`` with the profile's
 options when ``deepspeed.enabled``, the optional CPU int8 variants, and on CPU the engine's
-batch-invariant attention (:mod:`serving.attention`) and bf16 weights packed for oneDNN once
-(:mod:`serving.packed_linear`).
+batch-invariant attention (:mod:`serving.engine.cpu.attention`) and bf16 weights packed for oneDNN
+once (:mod:`serving.engine.cpu.packed_linear`).
 
 On CPU DeepSpeed 0.19 runs with ``DS_ACCELERATOR=cpu``; ``init_inference`` without kernel
 injection wraps the model unchanged (no CPU kernels exist; injection raises "This op had not
@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from serving import packed_linear
-from serving.attention import use_engine_attention
-from serving.profiles import ModelProfile, resolve_dtype
+from serving.engine.cpu import packed_linear
+from serving.engine.cpu.attention import use_engine_attention
+from serving.model.profiles import ModelProfile, resolve_dtype
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -148,12 +148,12 @@ def _apply_cpu_options(model: torch.nn.Module, profile: ModelProfile, device: to
     if device.type != "cpu" or getattr(model, "_newsdesk_quantized", False):
         return
     if options.int8_decode:
-        from serving.cpu_speedups import apply_int8_decode
+        from serving.engine.cpu.int8 import apply_int8_decode
 
         apply_int8_decode(model)
         model._newsdesk_quantized = True
     elif options.dynamic_int8:
-        from serving.cpu_speedups import apply_dynamic_int8
+        from serving.engine.cpu.int8 import apply_dynamic_int8
 
         apply_dynamic_int8(model)
         model._newsdesk_quantized = True

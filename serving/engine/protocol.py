@@ -14,8 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from core.article import Article
 from serving.engine.candidates import Candidate
-from serving.result import ArticleError, Result
-from serving.versions import Versions
+from serving.model.result import ArticleError, Result
+from serving.model.versions import Versions
 
 
 @runtime_checkable

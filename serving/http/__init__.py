@@ -6,5 +6,7 @@
 - :mod:`serving.http.middleware`: request ids, request metrics, API key, body-size limit;
 - :mod:`serving.http.routes`: the routes, one module per group, listed once (Starlette routes
   and OpenAPI from it);
-- :mod:`serving.api`: the assembly, :func:`serving.api.build_api`.
+- :mod:`serving.http.schemas`: the request and response models of the summary routes;
+- :mod:`serving.http.openapi`: the OpenAPI document built from the routes;
+- :mod:`serving.http.app`: the assembly, :func:`serving.http.app.build_api`.
 """

@@ -1,8 +1,8 @@
 """What the routes need from the rest of the application: :class:`ApiBackend`.
 
 The Ingress deployment implements it with DeploymentHandles
-(:class:`serving.deployments.ingress.ServeBackend`), :class:`serving.local.LocalBackend` in one
-process; the routes see no difference.
+(:class:`serving.deployments.ingress.ServeBackend`), :class:`serving.deployments.local.LocalBackend`
+in one process; the routes see no difference.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any, Protocol
 import asyncpg
 
 from core.article import Article
-from serving.result import Outcome
-from serving.schemas import Check
-from serving.store import ArticleQuery, StoredArticle
+from serving.http.schemas import Check
+from serving.model.result import Outcome
 from serving.stories.schemas import StoryList, StoryQuery
+from serving.summaries.result_store import ArticleQuery, StoredArticle
 
 
 class ApiBackend(Protocol):
@@ -26,7 +26,8 @@ class ApiBackend(Protocol):
     async def summarize(self, article: Article) -> tuple[Outcome, str]:
         """The outcome and its source (local, redis, db, model, coalesced, rejected).
 
-        Raises :class:`serving.result.SummarizerUnavailable` when the Summarizer cannot answer.
+        Raises :class:`serving.model.result.SummarizerUnavailable` when the Summarizer cannot
+        answer.
         """
         ...
 

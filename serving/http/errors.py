@@ -1,9 +1,9 @@
-"""The API's error model: every error reply is an :class:`~serving.schemas.ErrorResponse`
+"""The API's error model: every error reply is an :class:`~serving.http.schemas.ErrorResponse`
 (a machine-readable code, a message, the request id, the offending fields) with its status.
 
 Routes and middleware raise :class:`ApiError` (or :class:`BackendUnavailable`, or
-:class:`~serving.result.SummarizerUnavailable`); the exception handlers registered by
-:func:`serving.api.build_api` turn them into replies, so no route builds an error body itself.
+:class:`~serving.model.result.SummarizerUnavailable`); the exception handlers registered by
+:func:`serving.http.app.build_api` turn them into replies, so no route builds an error body itself.
 Bad input never gets a 500: malformed JSON (400), a body over the limit (413), wrong fields or
 query parameters (422, with the fields), no or a wrong API key (401), unknown ids (404).
 """
@@ -19,8 +19,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.result import SummarizerUnavailable
-from serving.schemas import ErrorInfo, ErrorResponse
+from serving.http.schemas import ErrorInfo, ErrorResponse
+from serving.model.result import SummarizerUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The API's cross-cutting concerns, each its own ASGI middleware (as in Starlette itself).
 
-App-wide, outermost first (:func:`serving.api.build_api` installs them):
+App-wide, outermost first (:func:`serving.http.app.build_api` installs them):
 
 - :class:`RequestIdMiddleware`: every request gets an id (the client's ``X-Request-ID`` when
   well-formed, else a new one), kept in ``request.state`` for error bodies and echoed in the
@@ -31,8 +31,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving import metrics
 from serving.http.errors import ApiError, error_response
+from serving.summaries import metrics
 
 log = logging.getLogger(__name__)
 

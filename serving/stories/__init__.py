@@ -6,7 +6,7 @@ joins a story once:
 1. ``duplicate``: ingestion marked it a copy of an article (same content hash from another
    feed, ``articles.duplicate_of``) that already belongs to a story: it joins that story;
 2. ``similar``: else its sentence embedding (:mod:`serving.stories.embedder`: all-MiniLM-L6-v2
-   over title + lead, the very embedding code of :mod:`serving.importance`) is compared with
+   over title + lead, the very embedding code of :mod:`serving.engine.importance`) is compared with
    the centroids of the stories alive within ``story_window_h`` of its publication time; if
    the nearest is at least ``story_similarity_threshold`` (cosine) it joins that story;
 3. ``founder``: else it starts a story of its own.

@@ -1,6 +1,6 @@
 """Title + lead embeddings of articles for grouping them into stories: the engine's sentence
-embeddings (:class:`serving.importance.ImportanceScorer`), so the story search sees an article
-as the importance prior does, and one model serves both."""
+embeddings (:class:`serving.engine.importance.ImportanceScorer`), so the story search sees an
+article as the importance prior does, and one model serves both."""
 
 from __future__ import annotations
 
@@ -25,14 +25,14 @@ class StoryEmbedder:
     def _get(self) -> Any:
         with self._lock:
             if self._scorer is None:
-                from serving.importance import ImportanceScorer
+                from serving.engine.importance import ImportanceScorer
 
                 self._scorer = ImportanceScorer()
             return self._scorer
 
     def embed(self, articles: list[Article]) -> np.ndarray:
         """One L2-normalised row per article (title + lead, as the importance prior sees it)."""
-        from serving.importance import article_text
+        from serving.engine.importance import article_text
 
         if not articles:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)

@@ -12,7 +12,7 @@ import asyncpg
 import numpy as np
 
 from core.article import Article
-from core.articles import ARTICLE_COLUMNS, article_from_row
+from core.article_rows import ARTICLE_COLUMNS, article_from_row
 from serving.stories.clustering import (
     AssignReport,
     Candidates,

@@ -5,7 +5,7 @@ between the two, none for a change rolled back).
 Two changes can make a story match or grow, and both call in here before they commit:
 - an assignment round adds articles to stories (:class:`serving.stories.worker.StoryAssigner`
   -> :func:`enqueue_for_stories`);
-- a Result is stored for an article (:meth:`serving.store.ResultStore.save` ->
+- a Result is stored for an article (:meth:`serving.summaries.result_store.ResultStore.save` ->
   :func:`enqueue_for_article`): a story matches only once its articles have Results.
 
 Both take one transaction-scoped advisory lock before they read the story, so of two

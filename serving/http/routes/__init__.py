@@ -1,6 +1,6 @@
 """The API's routes, one module per group, listed once: :func:`api_routes` gives every route
 with its handler, its middleware needs (API key, body limit) and its documentation;
-:func:`serving.api.build_api` makes the Starlette routes and ``/openapi.json`` from that list.
+:func:`serving.http.app.build_api` makes the Starlette routes and ``/openapi.json`` from that list.
 
 Handlers parse and validate (:mod:`.route`), call the :class:`~serving.http.backend.ApiBackend`,
 and raise :class:`~serving.http.errors.ApiError` (or let the backend's typed errors through) for
@@ -13,7 +13,7 @@ from __future__ import annotations
 from serving.http.routes.admin import AdminRoutes
 from serving.http.routes.articles import ArticleRoutes
 from serving.http.routes.digest_feeds import DigestFeedRoutes
-from serving.http.routes.feeds import FeedRoutes
+from serving.http.routes.feed_admin import FeedRoutes
 from serving.http.routes.route import ApiRoute, RouteContext
 from serving.http.routes.search import SearchRoutes
 from serving.http.routes.summarize import SummarizeRoutes

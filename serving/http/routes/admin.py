@@ -7,9 +7,9 @@ import json
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from serving.http.openapi import RouteDoc
 from serving.http.routes.route import ERRORS, ApiRoute, RouteContext, json_response
-from serving.openapi import RouteDoc
-from serving.schemas import Health, Readiness
+from serving.http.schemas import Health, Readiness
 
 
 class AdminRoutes:

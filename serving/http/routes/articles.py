@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from serving.http.errors import ApiError
+from serving.http.openapi import RouteDoc
 from serving.http.routes.route import (
     ERRORS,
     ApiRoute,
@@ -17,8 +18,7 @@ from serving.http.routes.route import (
     positive_id,
     query_of,
 )
-from serving.openapi import RouteDoc
-from serving.schemas import (
+from serving.http.schemas import (
     ArticleDetail,
     ArticleItem,
     ArticleList,
@@ -26,8 +26,8 @@ from serving.schemas import (
     ErrorResponse,
     FailureInfo,
 )
-from serving.store import ArticleQuery, StoredArticle
 from serving.stories.schemas import StoryList, StoryQuery
+from serving.summaries.result_store import ArticleQuery, StoredArticle
 
 DEFAULT_LIST_WINDOW = timedelta(days=7)
 

@@ -3,7 +3,7 @@
 with its filters, for feed readers. Public, like ``/v1/stories``.
 
 Caching: one cheap query fingerprints the stories of the window
-(:func:`serving.stories.feed_store.window_fingerprint`); the strong ETag is a hash of it, the
+(:func:`serving.digest.store.window_fingerprint`); the strong ETag is a hash of it, the
 format, the feed's URL and the ranking knobs, so a matching ``If-None-Match`` is answered 304
 before anything is ranked or rendered. The fingerprint is read before the listing: a story
 that changes in between gives the new content under the old tag, and the next request a new
@@ -21,6 +21,9 @@ from datetime import UTC, datetime, timedelta
 from starlette.requests import Request
 from starlette.responses import Response
 
+from serving.digest.formats import EPOCH, FORMATS, RENDERERS, absolute, digest_feed
+from serving.digest.schemas import FeedQuery, JsonFeed
+from serving.digest.store import stories_updated, window_fingerprint
 from serving.http.conditional import (
     etag_hit,
     http_date,
@@ -29,11 +32,8 @@ from serving.http.conditional import (
     strong_etag,
     unchanged_since,
 )
+from serving.http.openapi import RouteDoc
 from serving.http.routes.route import ERRORS, ApiRoute, RouteContext, query_of
-from serving.openapi import RouteDoc
-from serving.stories.feed_schemas import FeedQuery, JsonFeed
-from serving.stories.feed_store import stories_updated, window_fingerprint
-from serving.stories.feeds import EPOCH, FORMATS, RENDERERS, absolute, digest_feed
 from serving.stories.schemas import StoryQuery
 
 DEFAULT_WINDOW_H = 24.0

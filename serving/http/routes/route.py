@@ -18,8 +18,8 @@ from serving.http.backend import ApiBackend
 from serving.http.config import ApiConfig
 from serving.http.errors import ApiError, validation_error
 from serving.http.middleware import RequestStats
-from serving.openapi import RouteDoc
-from serving.schemas import ErrorResponse
+from serving.http.openapi import RouteDoc
+from serving.http.schemas import ErrorResponse
 
 Handler = Callable[[Request], Awaitable[Response]]
 Q = TypeVar("Q", bound=BaseModel)

@@ -9,8 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from serving.http.errors import ApiError
+from serving.http.openapi import RouteDoc
 from serving.http.routes.route import ERRORS, ApiRoute, RouteContext, json_response, query_of
-from serving.openapi import RouteDoc
 from serving.search.schemas import SearchQuery, SearchResults
 from serving.search.store import Search, SearchTooBroad, search
 

@@ -12,10 +12,10 @@ from starlette.responses import Response, StreamingResponse
 
 from core.article import Article
 from serving.http.errors import ApiError, validate
+from serving.http.openapi import RouteDoc
 from serving.http.routes.route import WRITE_ERRORS, ApiRoute, RouteContext, json_body, json_response
-from serving.openapi import RouteDoc
-from serving.result import Outcome, Result, SummarizerUnavailable
-from serving.schemas import BatchRequest, BatchResponse, ErrorResponse, StreamLine
+from serving.http.schemas import BatchRequest, BatchResponse, ErrorResponse, StreamLine
+from serving.model.result import Outcome, Result, SummarizerUnavailable
 
 # Engine codes that mean "this input cannot be summarized": a client error, not a server one.
 CLIENT_ERROR_CODES = {"empty_input", "invalid_input", "generation_failed"}

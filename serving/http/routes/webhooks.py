@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from serving.http.errors import ApiError, validate
+from serving.http.openapi import RouteDoc
 from serving.http.routes.route import (
     ERRORS,
     WRITE_ERRORS,
@@ -18,8 +19,7 @@ from serving.http.routes.route import (
     positive_id,
     query_of,
 )
-from serving.openapi import RouteDoc
-from serving.schemas import ErrorResponse
+from serving.http.schemas import ErrorResponse
 from serving.webhooks import store
 from serving.webhooks.schemas import (
     DeliveryList,
