@@ -27,7 +27,7 @@ run: setup
 	NEWSDESK_MODEL_PROFILE=$${NEWSDESK_MODEL_PROFILE:-cpu-small-selfdistill} $(BIN)/newsdesk up
 
 # Headless Chromium and its driver from Debian's packages, for the digest page's browser test
-# (tests/test_digest_browser.py). Nothing to do when they are there; without root or apt the
+# (tests/serving/web/test_browser.py). Nothing to do when they are there; without root or apt the
 # test is skipped with its reason.
 browser:
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
@@ -40,7 +40,7 @@ test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-# The unit tier (tests/tiers.py): no database, no model, no Ray; under two minutes here.
+# The unit tier (tests/support/tiers.py): no database, no model, no Ray; under two minutes here.
 test-fast: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m unit -q

@@ -1,7 +1,7 @@
 """Writes ``docs/settings.md`` from the settings classes: ``python -m cluster.settings_reference``.
 
 The reference is generated, never edited by hand, so it cannot drift from the code;
-``tests/test_settings_reference.py`` fails when the committed page differs from what this
+``tests/cluster/test_settings_reference.py`` fails when the committed page differs from what this
 prints. Each layer's section lists only the fields it owns.
 """
 

@@ -3,7 +3,7 @@
 Ingestion owns the feed formats it reads (``ingestion/parser.py``), so the writer lives beside
 the reader. Nothing in the ingestion service writes feeds; the sample feeds of the offline
 stack (``cluster/sample_data.py``), the training articles' feeds (``train/sample_feeds.py``)
-and the tests' feed server (``tests/feedserver.py``) do, all through this module. Pure: it
+and the tests' feed server (``tests/support/feedserver.py``) do, all through this module. Pure: it
 returns bytes and touches no files.
 """
 

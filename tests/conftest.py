@@ -18,10 +18,10 @@ import pytest
 
 from cluster.settings import Settings
 from core import db
-from tests.feedserver import FeedServer
+from tests.support.feedserver import FeedServer
 
 # every test is one tier: unit, local or system (make test-fast runs the unit tier)
-pytest_plugins = ["tests.tiers"]
+pytest_plugins = ["tests.support.tiers"]
 
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -98,7 +98,7 @@ def shared_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
 
 @pytest.fixture
 def feed_server() -> Iterator[FeedServer]:
-    """A local HTTP server serving what the test programs (``tests/feedserver.py``)."""
+    """A local HTTP server serving what the test programs (``tests/support/feedserver.py``)."""
     server = FeedServer().start()
     yield server
     server.stop()

@@ -10,8 +10,8 @@ calling the same modules and functions in the same order on the same tensors (em
 rotary table, each layer's norms, projections, ``apply_rotary_pos_emb``, the cache's
 ``update``, the engine's attention, the MLP, the final norm and the output layer on the last
 position), so its logits and the keys and values it writes are the model's bits (tested at
-every step of a run, ``tests/test_continuous_batching.py``), only without the glue: 1.04x
-per step at 1, 8 and 16 rows (the two paths on the same steps, alternating which runs
+every step of a run, ``tests/serving/engine/test_continuous_batching.py``), only without the glue:
+1.04x per step at 1, 8 and 16 rows (the two paths on the same steps, alternating which runs
 first).
 
 Owning the step is also what lets the engine replace PyTorch's ~30 small ops a layer around the

@@ -9,7 +9,7 @@ model's matmuls at 8 rows took 18.8 ms with ``F.linear`` and 9.4 ms on weights r
 emits for a frozen bf16 Linear on CPU), 2-core AVX512-BF16 machine.
 
 The arithmetic is the same oneDNN kernel's, so the output is bit-identical to ``F.linear``'s
-(checked for every projection shape at 1-16 rows, ``tests/test_engine_cpu_kernels.py``):
+(checked for every projection shape at 1-16 rows, ``tests/serving/engine/cpu/test_fast_paths.py``):
 summaries, ratings and batch invariance do not move.
 
 :class:`PackedLinear` is an ``nn.Linear`` (same parameters, state dict and module names, so

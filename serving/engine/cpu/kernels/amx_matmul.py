@@ -5,13 +5,13 @@ oneDNN's AMX matmuls choose their blocking by the row count, so a row's bits mov
 rows beside it (measured on the AMX Xeon of 2026-12-01: a 42-row block alone and inside 672
 rows differ). A decode row therefore stepped beside an idle one, and ratings could not share
 a matmul. Here a row's sums are its own 16-row block's tile products over the inputs in order,
-so its bits do not depend on the row count or the threads (tests/test_step_matmuls.py). At a
-decode step's 1-16 rows that is what oneDNN's AMX kernel computes too: the same bits (so
-summaries do not move), and on that machine all of a step's matmuls out of cache took 10.1-11.1
-ms at 2-16 rows against oneDNN's 12.4-15.1. Rating passes (~42 rows each) run on it as well,
-so rows ending together share them. Weights are packed once at load into AMX's tile layout: a
-second copy of the bf16 weights (prompts keep oneDNN's, faster at hundreds of rows). What the
-engine's step kernels share (packing, the call, the check at load) is
+so its bits do not depend on the row count or the threads
+(tests/serving/engine/cpu/test_step_matmuls.py). At a decode step's 1-16 rows that is what oneDNN's
+AMX kernel computes too: the same bits (so summaries do not move), and on that machine all of a
+step's matmuls out of cache took 10.1-11.1 ms at 2-16 rows against oneDNN's 12.4-15.1. Rating passes
+(~42 rows each) run on it as well, so rows ending together share them. Weights are packed once at
+load into AMX's tile layout: a second copy of the bf16 weights (prompts keep oneDNN's, faster at
+hundreds of rows). What the engine's step kernels share (packing, the call, the check at load) is
 :class:`serving.engine.cpu.kernels.bf16_matmul.StepMatmul`.
 """
 

@@ -9,10 +9,10 @@ against ~45 GB/s for a plain read), and its blocking follows the row count, so a
 move with the rows beside it: a lone decode row stepped beside an idle one, and rows' rating
 passes could share a matmul only where a probe found it safe. In ``bf16_matmul.c`` every output
 is one fp32 sum over the inputs in order, a pair at a time: a row's bits at any row count and
-thread count, by construction (tests/test_step_matmuls.py). There, 4.2-4.7 / 5.6-6.0 / 6.8-7.2
-ms at 1 / 8 / 16 rows against oneDNN's 6.3-7.7 / 7.0-7.7 / 8.2-9.2, and at the ~42-672 rows of
-rating passes about oneDNN's speed or better. Its bits equal oneDNN's for the q/k/v and gate/up
-shapes at 1-5 rows, not everywhere (the output layer's never): summaries move a little
+thread count, by construction (tests/serving/engine/cpu/test_step_matmuls.py). There, 4.2-4.7 /
+5.6-6.0 / 6.8-7.2 ms at 1 / 8 / 16 rows against oneDNN's 6.3-7.7 / 7.0-7.7 / 8.2-9.2, and at the
+~42-672 rows of rating passes about oneDNN's speed or better. Its bits equal oneDNN's for the q/k/v
+and gate/up shapes at 1-5 rows, not everywhere (the output layer's never): summaries move a little
 (distance in docs/benchmarks.md).
 
 Prompts run on it too (``StepMatmul.serves_prompts``): at a prompt's hundreds of rows it is

@@ -13,7 +13,8 @@ same bytes).
 
 Each output is one chain of fused multiply-adds over the inputs in order, so a row's bits do not
 depend on the rows beside it or their number (batch invariance, whatever the row count), and
-every build (AVX-512, AVX2, portable) gives the same bits: tests/test_fp16_weights.py.
+every build (AVX-512, AVX2, portable) gives the same bits:
+tests/serving/engine/cpu/test_fp16_weights.py.
 """
 
 from __future__ import annotations
