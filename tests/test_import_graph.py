@@ -8,6 +8,9 @@ poller no model code; what both need lives in ``core``. Nothing in the product i
 ``tests``, and benchmarks import product code only. One module is let through: the feed
 administration routes (``serving/http/routes/feed_admin.py``) serve ingestion's feed operations
 over the API, so they import ingestion (never the reverse); no other serving module may.
+Inside ``serving/`` each room keeps its walls (docs/architecture.md): the contract imports no
+torch or Ray, the CPU runtime is the engine's alone, the HTTP app names no Ray, the summary
+service no product.
 """
 
 from __future__ import annotations
@@ -109,3 +112,78 @@ def test_modules_import_each_other_without_a_cycle() -> None:
         if module not in state:
             visit(module, [])
     assert not cycles, "\n".join(cycles)
+
+
+# The rooms of serving/ (docs/architecture.md): what each room may not import. A prefix names a
+# module and everything under it. Checked on every import, lazy ones too.
+PRODUCTS = (
+    "serving.stories",
+    "serving.digest",
+    "serving.webhooks",
+    "serving.search",
+    "serving.web",
+)
+ROOM_NEVER = {
+    # the contract runs anywhere: in training, in the CLI, in a process without a model
+    "serving.model": (
+        "torch",
+        "ray",
+        "transformers",
+        "serving.engine",
+        "serving.summaries",
+        "serving.deployments",
+        "serving.http",
+        *PRODUCTS,
+    ),
+    # the HTTP app is plain Starlette: it names no Ray API and no deployment (the Ingress and
+    # serving.deployments.local both run it; Ray's metrics reach it through summaries.metrics)
+    "serving.http": ("ray", "serving.deployments"),
+    # the summary service knows no product and no HTTP
+    "serving.summaries": ("serving.http", "serving.deployments", *PRODUCTS),
+}
+# Arrows the layout still has, each to be removed by the change named beside it.
+ROOM_LET_THROUGH = {
+    # the Result store fires webhook events in its own transaction; the builder is to hand
+    # the hook in instead (the rooms issue's behavioural part)
+    ("serving/summaries/result_store.py", "serving.webhooks.matcher"),
+}
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def test_each_room_of_serving_keeps_its_walls() -> None:
+    wrong = []
+    for path in sorted((ROOT / "serving").rglob("*.py")):
+        module = _module_name(path)
+        rel = path.relative_to(ROOT).as_posix()
+        for room, never in ROOM_NEVER.items():
+            if not _under(module, room):
+                continue
+            for name, line, _ in _imports(path):
+                for banned in never:
+                    let = any(rel == r and _under(name, n) for r, n in ROOM_LET_THROUGH)
+                    if _under(name, banned) and not let:
+                        wrong.append(f"{rel}:{line} imports {name} ({room} may not)")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_cpu_runtime_is_the_engines_alone() -> None:
+    """serving.engine.cpu is imported only from serving.engine (tests and benchmarks aside)."""
+    wrong = []
+    for path in _sources():
+        module = _module_name(path)
+        if _under(module, "serving.engine") or path.relative_to(ROOT).parts[0] == "benchmarks":
+            continue
+        for name, line, _ in _imports(path):
+            if _under(name, "serving.engine.cpu"):
+                wrong.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_what_is_let_through_is_still_there() -> None:
+    """A let-through arrow that the code no longer has is taken off the list, not kept."""
+    for rel, name in ROOM_LET_THROUGH:
+        names = {n for n, _, _ in _imports(ROOT / rel)}
+        assert any(_under(n, name) for n in names), f"{rel} no longer imports {name}: drop it"
