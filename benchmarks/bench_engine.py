@@ -138,7 +138,7 @@ class Breakdown:
         engine.decoder.decode = timed_decode  # type: ignore[method-assign]
         engine.scorer.signals = self._timed(signals, "embed")  # type: ignore[method-assign]
         # a decode step's forward is serving.engine.cpu.lean_step's where it applies, else the
-        # model's
+        # model's own
         lean_step.decode_logits = self._timed(lean_step.decode_logits, "decode_forward")  # type: ignore[assignment]
         model = engine.adapters.base
         model.register_forward_pre_hook(self._before, with_kwargs=True)

@@ -164,9 +164,8 @@ class RayHead:
         self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
         haproxy = self.env.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "")
-        if haproxy.startswith(
-            "/tmp/ndhp-"
-        ):  # made by serving.deployments.builder.fast_path_env for us
+        # made by serving.deployments.builder.fast_path_env for us
+        if haproxy.startswith("/tmp/ndhp-"):
             shutil.rmtree(haproxy, ignore_errors=True)
 
 

@@ -4,7 +4,7 @@ Submitted as a Ray job (``ray job submit --working-dir . -- python -m train.trai
 ...``) or run directly (a local Ray is started). The driver:
 
 1. converts/locates the profile's base model once
-(:func:`serving.engine.model_source.prepare_model`),
+   (:func:`serving.engine.model_source.prepare_model`),
 2. records the run in the registry (``training_runs``, status running),
 3. runs :func:`train.loop.train_loop_per_worker` under ``ray.train.torch.TorchTrainer`` with
    ``ScalingConfig(num_workers, use_gpu)`` from the config; the Ray Train run is named after the

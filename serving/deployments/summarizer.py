@@ -24,8 +24,7 @@ deploy changes the ``user_config``), first match wins:
 1. ``adapter`` given in ``user_config`` (a folder, or ``null`` for the bare base model): a pin,
    e.g. a live push (``train.registry.push_to_serve``, which promotion itself uses);
 2. else the profile's latest promotion in the registry (``serving.summaries.promotions``; a
-promotion of
-   "no run" means the bare base), read from the database at that moment;
+   promotion of "no run" means the bare base), read from the database at that moment;
 3. else the profile's own ``adapter`` (none for most profiles).
 
 So a redeploy of a config file that leaves ``adapter`` out, or a replica restarted on another

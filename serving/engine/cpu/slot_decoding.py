@@ -20,10 +20,9 @@ leaving need:
   softmax and of the matmul over them, is the same at every step in any company (a length
   that grows with the batch's progress would give a row other bits depending on when it came);
 - prefill runs one row at a time on the row's own slot of the cache
-(:mod:`serving.engine.cpu.decoding`'s
-  arithmetic), and a row's slot is zeroed before it is reused; the rating passes of rows that
-  end at one step share their matmuls, each row's bits its own (:func:`serving.engine.cpu.lean_step.
-  rows_logits`);
+  (:mod:`serving.engine.cpu.decoding`'s arithmetic), and a row's slot is zeroed before it is
+  reused; the rating passes of rows that end at one step share their matmuls, each row's bits
+  its own (:func:`serving.engine.cpu.lean_step.rows_logits`);
 - active rows are rows ``[0, n)``: a row that ends is replaced by the last active one (its keys,
   values and state moved), so a step is one contiguous batch; a lone row steps beside an idle
   row (bf16 gemm vs the gemv of a one-row matmul, see :mod:`serving.engine.cpu.decoding`), except
